@@ -1,0 +1,72 @@
+"""Hypothesis strategies for the wire messages."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from trio_p2p._codec import check_name
+from trio_p2p._messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Beacon,
+    BeaconKind,
+    Data,
+    Frame,
+    Goodbye,
+    GoodbyeCode,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Text,
+)
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+names = st.text(min_size=1, max_size=40).filter(_valid_name)
+ports = st.integers(1, 65535)
+seqs = st.integers(0, 2**63 - 1)
+
+messages = st.builds(
+    Message,
+    id=st.uuids(version=4),
+    sender_id=st.uuids(),
+    sender_name=names,
+    timestamp=st.floats(allow_nan=False),
+    content=st.builds(Text, st.text(max_size=200)),
+)
+
+hellos = st.builds(
+    Hello,
+    version=st.just(PROTOCOL_VERSION),
+    node_id=st.uuids(),
+    session=st.binary(min_size=16, max_size=16),
+    name=names,
+    port=ports,
+    max_frame_size=st.integers(1024, 2**32 - 1),
+    capabilities=st.lists(st.text(max_size=10), max_size=4).map(tuple),
+)
+
+frames: st.SearchStrategy[Frame] = st.one_of(
+    hellos,
+    st.builds(Data, seq=seqs, message=messages),
+    st.builds(Ack, seq=seqs),
+    st.just(Ping()),
+    st.just(Pong()),
+    st.builds(Goodbye, code=st.sampled_from(GoodbyeCode), reason=st.text(max_size=100)),
+)
+
+beacons = st.builds(
+    Beacon,
+    kind=st.sampled_from(BeaconKind),
+    node_id=st.uuids(),
+    name=names,
+    port=ports,
+)

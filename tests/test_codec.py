@@ -1,0 +1,275 @@
+"""The sans-I/O codec: round trips, stream splitting, and every kind of bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import uuid
+
+import cbor2
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_p2p import ProtocolError
+from trio_p2p._codec import (
+    MAX_BEACON_SIZE,
+    FrameDecoder,
+    decode_beacon,
+    decode_frame,
+    encode_beacon,
+    encode_frame,
+)
+from trio_p2p._messages import (
+    BEACON_MAGIC,
+    PROTOCOL_VERSION,
+    Ack,
+    Beacon,
+    BeaconKind,
+    Frame,
+    Hello,
+)
+
+from .strategies import beacons, frames
+
+LIMIT = 1 << 20
+
+
+def frame_of(payload: object) -> bytes:
+    body = cbor2.dumps(payload)
+    return struct.pack(">I", len(body)) + body
+
+
+def good_hello_payload() -> dict[str, object]:
+    return {
+        "t": "h",
+        "v": PROTOCOL_VERSION,
+        "id": uuid.uuid4().bytes,
+        "s": b"s" * 16,
+        "n": "Alice",
+        "p": 6969,
+        "x": 65536,
+        "c": [],
+    }
+
+
+@given(frames)
+def test_every_frame_round_trips(frame: Frame) -> None:
+    encoded = encode_frame(frame)
+    assert struct.unpack(">I", encoded[:4])[0] == len(encoded) - 4
+    assert decode_frame(encoded[4:]) == frame
+    assert FrameDecoder(LIMIT).feed(encoded) == [frame]
+
+
+@given(beacons)
+def test_every_beacon_round_trips(beacon: Beacon) -> None:
+    data = encode_beacon(beacon)
+    assert len(data) <= MAX_BEACON_SIZE
+    assert decode_beacon(data) == beacon
+
+
+@given(st.lists(frames, max_size=8), st.data())
+def test_any_split_of_a_stream_decodes_the_same(
+    frames_in: list[Frame], data: st.DataObject
+) -> None:
+    stream = b"".join(encode_frame(f) for f in frames_in)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = FrameDecoder(LIMIT)
+    out: list[Frame] = []
+    previous = 0
+    for cut in [*cuts, len(stream)]:
+        out.extend(decoder.feed(stream[previous:cut]))
+        previous = cut
+    assert out == frames_in
+    assert decoder.buffered == 0
+
+
+@settings(max_examples=500)
+@given(st.lists(st.binary(max_size=64), max_size=6))
+def test_arbitrary_bytes_give_frames_or_protocol_error(chunks: list[bytes]) -> None:
+    decoder = FrameDecoder(LIMIT)
+    try:
+        for chunk in chunks:
+            for frame in decoder.feed(chunk):
+                assert isinstance(frame, Frame)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=500)
+@given(st.binary(max_size=MAX_BEACON_SIZE + 10))
+def test_arbitrary_datagrams_give_beacon_or_protocol_error(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        assert isinstance(decode_beacon(data), Beacon)
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats()
+        | st.text(max_size=5)
+        | st.binary(max_size=20),
+        lambda children: (
+            st.lists(children, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(
+                    ["t", "v", "id", "s", "n", "p", "x", "c", "q", "i", "f", "ts", "r", "k", "m"]
+                ),
+                children,
+                max_size=8,
+            )
+        ),
+        max_leaves=20,
+    )
+)
+def test_arbitrary_cbor_values_give_frame_or_protocol_error(value: object) -> None:
+    for payload in (value, {"t": "m", "c": value}, {**good_hello_payload(), "c": value}):
+        with contextlib.suppress(ProtocolError):
+            FrameDecoder(LIMIT).feed(frame_of(payload))
+
+
+def test_oversize_prefix_is_rejected_before_buffering() -> None:
+    decoder = FrameDecoder(LIMIT)
+    with pytest.raises(ProtocolError, match="limit"):
+        decoder.feed(struct.pack(">I", 4 * 1024**3 - 1))
+    # the limit itself is accepted and buffered while incomplete
+    decoder = FrameDecoder(LIMIT)
+    assert decoder.feed(struct.pack(">I", LIMIT) + b"\xa0") == []
+    assert decoder.buffered == 5
+
+
+def test_prefix_checked_as_soon_as_its_four_bytes_arrive() -> None:
+    decoder = FrameDecoder(LIMIT)
+    header = struct.pack(">I", LIMIT + 1)
+    assert decoder.feed(header[:3]) == []
+    with pytest.raises(ProtocolError):
+        decoder.feed(header[3:])
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        pytest.param(b"\x00\x00\x00\x00", "empty", id="empty-frame"),
+        pytest.param(b"\x00\x00\x00\x03\xff\xff\xff", "CBOR", id="garbage"),
+        pytest.param(
+            b"\x00\x00\x00\x07" + cbor2.dumps({"t": "a", "q": 1}) + b"\x00",
+            "fill",
+            id="trailing-bytes",
+        ),
+        pytest.param(frame_of({"t": "zz"}), "unknown frame tag", id="unknown-tag"),
+        pytest.param(frame_of({"q": 1}), "unknown frame tag", id="no-tag"),
+        pytest.param(frame_of([1, 2]), "map", id="not-a-map"),
+        pytest.param(frame_of({"t": "a"}), "lacks", id="missing-field"),
+        pytest.param(frame_of({"t": "a", "q": "1"}), "integer", id="ill-typed"),
+        pytest.param(frame_of({"t": "a", "q": True}), "integer", id="bool-as-int"),
+        pytest.param(frame_of({"t": "a", "q": -1}), "range", id="negative-seq"),
+        # {"t": "a", "q": 1, "q": 2}: a map of three pairs, the key "q" twice
+        pytest.param(
+            b"\x00\x00\x00\x0b\xa3\x61t\x61a\x61q\x01\x61q\x02", "Duplicate", id="duplicate-keys"
+        ),
+        pytest.param(frame_of({"t": "a", "q": 1, "z": [[[[[[1]]]]]]}), "depth", id="deep-nesting"),
+        pytest.param(frame_of({"t": "a", "q": cbor2.CBORTag(2, b"\x01")}), "tag", id="bignum-tag"),
+        pytest.param(frame_of({"t": "a", "q": cbor2.CBORTag(9999, 1)}), "tag", id="unknown-tag"),
+        pytest.param(frame_of({**good_hello_payload(), "v": 99}), "version", id="version"),
+        pytest.param(frame_of({**good_hello_payload(), "s": b"x"}), "nonce", id="short-nonce"),
+        pytest.param(frame_of({**good_hello_payload(), "n": ""}), "name", id="empty-name"),
+        pytest.param(
+            frame_of({**good_hello_payload(), "n": "a\x1b[2J"}), "name", id="control-name"
+        ),
+        pytest.param(frame_of({**good_hello_payload(), "n": "x" * 200}), "name", id="long-name"),
+        pytest.param(frame_of({**good_hello_payload(), "p": 70000}), "port", id="bad-port"),
+        pytest.param(frame_of({**good_hello_payload(), "id": b"short"}), "16-byte", id="bad-id"),
+        pytest.param(frame_of({"t": "g", "c": "nope", "r": "x"}), "Goodbye", id="bad-enum"),
+        pytest.param(
+            frame_of(
+                {
+                    "t": "m",
+                    "q": 1,
+                    "i": b"i" * 16,
+                    "f": b"f" * 16,
+                    "n": "A",
+                    "ts": 1.0,
+                    "c": {"t": "file", "x": "a"},
+                }
+            ),
+            "content",
+            id="bad-content",
+        ),
+    ],
+)
+def test_malformed_frames_raise_protocol_error(raw: bytes, match: str | None) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        FrameDecoder(LIMIT).feed(raw)
+
+
+@given(frames)
+def test_every_truncated_body_is_a_protocol_error(frame: Frame) -> None:
+    body = encode_frame(frame)[4:]
+    for cut in range(len(body)):
+        with pytest.raises(ProtocolError):
+            decode_frame(body[:cut])
+
+
+@given(frames)
+def test_a_partial_frame_waits_in_the_stream(frame: Frame) -> None:
+    encoded = encode_frame(frame)
+    decoder = FrameDecoder(LIMIT)
+    assert decoder.feed(encoded[:-1]) == []
+    assert decoder.buffered == len(encoded) - 1
+    assert decoder.feed(encoded[-1:]) == [frame]
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert FrameDecoder(LIMIT).feed(frame_of({"t": "a", "q": 7, "future": "x"})) == [Ack(7)]
+
+
+def test_protocol_error_inside_a_batch_does_not_pass_silently() -> None:
+    good = encode_frame(Ack(1))
+    decoder = FrameDecoder(LIMIT)
+    with pytest.raises(ProtocolError):
+        decoder.feed(good + frame_of({"t": "zz"}) + good)
+
+
+def beacon_payload(**changes: object) -> dict[str, object]:
+    payload: dict[str, object] = {
+        "m": BEACON_MAGIC,
+        "v": PROTOCOL_VERSION,
+        "k": "a",
+        "id": uuid.uuid4().bytes,
+        "n": "Bob",
+        "p": 7000,
+    }
+    payload.update(changes)
+    return payload
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        pytest.param(b"", "empty", id="empty"),
+        pytest.param(b"\x00\x01\x02\x03", "CBOR|magic", id="four-bytes"),
+        pytest.param(cbor2.dumps(beacon_payload(m=b"XXXX")), "magic", id="bad-magic"),
+        pytest.param(cbor2.dumps(beacon_payload(v=2)), "version", id="future-version"),
+        pytest.param(cbor2.dumps(beacon_payload(k="x")), "invalid", id="bad-kind"),
+        pytest.param(cbor2.dumps(beacon_payload(p=0)), "port", id="port-zero"),
+        pytest.param(cbor2.dumps(beacon_payload(n="\x00")), "name", id="bad-name"),
+        pytest.param(cbor2.dumps(beacon_payload()) + b"\x00", "trailing", id="trailing"),
+        pytest.param(cbor2.dumps(beacon_payload(x="y" * 600)), "exceeds", id="oversize"),
+        pytest.param(
+            cbor2.dumps({k: v for k, v in beacon_payload().items() if k != "id"}),
+            "lacks",
+            id="missing-id",
+        ),
+    ],
+)
+def test_malformed_beacons_raise_protocol_error(data: bytes, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        decode_beacon(data)
+
+
+def test_beacon_kinds_have_short_wire_values() -> None:
+    assert [k.value for k in BeaconKind] == ["a", "r", "g"]
+    hello = Hello(PROTOCOL_VERSION, uuid.UUID(int=1), b"n" * 16, "A", 1, 1024)
+    assert cbor2.loads(encode_frame(hello)[4:])["t"] == "h"

@@ -1,0 +1,443 @@
+"""Sans-I/O codec: frames and beacons to bytes and back. No sockets, no Trio.
+
+Frames are a 4-byte unsigned big-endian length followed by exactly one CBOR
+item: a map whose key ``"t"`` holds the frame's wire tag and whose other keys
+hold its fields under short names. Unknown keys are ignored (a later minor
+revision may add optional fields); everything else that is not exactly as
+``docs/protocol.rst`` describes raises :class:`~trio_p2p.ProtocolError`, and
+nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import uuid
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import cattrs
+import cbor2
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ._errors import ProtocolError
+from ._messages import (
+    BEACON_MAGIC,
+    FRAME_TAGS,
+    MAX_NAME_BYTES,
+    PROTOCOL_VERSION,
+    Ack,
+    Beacon,
+    BeaconKind,
+    Content,
+    Data,
+    Frame,
+    Goodbye,
+    GoodbyeCode,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    Text,
+)
+
+__all__ = [
+    "MAX_BEACON_SIZE",
+    "FrameDecoder",
+    "decode_beacon",
+    "decode_frame",
+    "encode_beacon",
+    "encode_data",
+    "encode_frame",
+]
+
+#: Largest beacon datagram sent or accepted.
+MAX_BEACON_SIZE = 512
+#: Deepest nesting of CBOR containers accepted (our frames need 2).
+_MAX_DEPTH = 4
+_HEADER = struct.Struct(">I")
+_MAX_SEQ = 2**63 - 1
+
+# --------------------------------------------------------------- strict hooks
+
+
+def _fail(what: str, value: object) -> NoReturn:
+    raise TypeError(f"expected {what}, got {type(value).__name__}")
+
+
+def _str(value: object, _: object) -> str:
+    if type(value) is not str:
+        _fail("text", value)
+    return value
+
+
+def _int(value: object, _: object) -> int:
+    if type(value) is not int:  # bool is an int subclass: refused too
+        _fail("integer", value)
+    return value
+
+
+def _float(value: object, _: object) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    _fail("number", value)
+
+
+def _bytes(value: object, _: object) -> bytes:
+    if type(value) is not bytes:
+        _fail("byte string", value)
+    return value
+
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _uuid(value: object, _: object = None) -> uuid.UUID:
+    if type(value) is not bytes or len(value) != 16:
+        _fail("16-byte id", value)
+    # What uuid.UUID(bytes=...) does, without its argument juggling (per-message path).
+    result: uuid.UUID = _new_object(uuid.UUID)
+    _set_attribute(result, "int", int.from_bytes(value))
+    _set_attribute(result, "is_safe", _SAFE_UNKNOWN)
+    return result
+
+
+def _str_tuple(value: object, _: object) -> tuple[str, ...]:
+    if type(value) is not list:
+        _fail("array", value)
+    for item in value:
+        _str(item, None)
+    return tuple(value)
+
+
+def _check_name(name: str) -> str:
+    if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES or not name.isprintable():
+        raise ValueError(
+            f"a name must be 1 to {MAX_NAME_BYTES} UTF-8 bytes of printable text, got {name!r}"
+        )
+    return name
+
+
+def _check_port(port: int, *, allow_zero: bool = False) -> int:
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise ValueError(f"port out of range: {port}")
+    return port
+
+
+def _check_seq(seq: int) -> int:
+    if not 0 <= seq <= _MAX_SEQ:
+        raise ValueError(f"sequence number out of range: {seq}")
+    return seq
+
+
+def _structure_content(value: object) -> Content:
+    if type(value) is not dict:
+        _fail("content map", value)
+    tag = value.get("t")
+    if tag == "text":
+        return Text(_str(value["x"], None))
+    raise ValueError(f"unknown content tag {tag!r}")
+
+
+def _unstructure_content(content: Content) -> dict[str, Any]:
+    return {"t": "text", "x": content.text}
+
+
+def _structure_data(value: dict[str, Any], senders: dict[bytes, uuid.UUID]) -> Data:
+    # Hand-written: this is the per-message path. *senders* caches the sender ids
+    # already seen on this stream (one, normally), so each is built once.
+    sender = value["f"]
+    sender_id = senders.get(sender) if type(sender) is bytes else None
+    if sender_id is None:
+        sender_id = _uuid(sender)
+        if len(senders) < 4:
+            senders[sender] = sender_id
+    message = Message(
+        _uuid(value["i"]),
+        sender_id,
+        _str(value["n"], None),
+        _float(value["ts"], None),
+        _structure_content(value["c"]),
+    )
+    return Data(_check_seq(_int(value["q"], None)), message)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(detailed_validation=False, forbid_extra_keys=False)
+    conv.register_structure_hook(str, _str)
+    conv.register_structure_hook(int, _int)
+    conv.register_structure_hook(float, _float)
+    conv.register_structure_hook(bytes, _bytes)
+    conv.register_structure_hook(uuid.UUID, _uuid)
+    conv.register_unstructure_hook(uuid.UUID, lambda u: u.bytes)
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
+    conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
+    for enum_cls in (GoodbyeCode, BeaconKind):
+        conv.register_structure_hook(enum_cls, lambda v, cls: cls(_str(v, None)))
+        conv.register_unstructure_hook(enum_cls, str)
+    renames: dict[type[Any], dict[str, str]] = {
+        Hello: {
+            "version": "v",
+            "node_id": "id",
+            "session": "s",
+            "name": "n",
+            "port": "p",
+            "max_frame_size": "x",
+            "capabilities": "c",
+        },
+        Ack: {"seq": "q"},
+        Goodbye: {"code": "c", "reason": "r"},
+        Beacon: {"kind": "k", "node_id": "id", "name": "n", "port": "p", "version": "v"},
+        Ping: {},
+        Pong: {},
+    }
+    for cls, names in renames.items():
+        overrides = {field: override(rename=key) for field, key in names.items()}
+        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **overrides))  # type: ignore[arg-type]
+        conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **overrides))  # type: ignore[arg-type]
+    return conv
+
+
+_converter = _make_converter()
+
+_TAG_TO_CLASS: dict[str, type[Frame]] = {tag: cls for cls, tag in FRAME_TAGS.items()}
+
+
+def _validate_hello(hello: Hello) -> None:
+    _check_name(hello.name)
+    _check_port(hello.port)
+    if len(hello.session) != 16:
+        raise ValueError("session nonce must be 16 bytes")
+    if not 1024 <= hello.max_frame_size <= 2**32 - 1:
+        raise ValueError(f"max_frame_size out of range: {hello.max_frame_size}")
+    if len(hello.capabilities) > 32 or any(len(c) > 64 for c in hello.capabilities):
+        raise ValueError("too many or too long capabilities")
+
+
+def _validate_ack(ack: Ack) -> None:
+    _check_seq(ack.seq)
+
+
+def _validate_goodbye(goodbye: Goodbye) -> None:
+    if len(goodbye.reason) > 1024:
+        raise ValueError("goodbye reason longer than 1024 characters")
+
+
+_VALIDATORS: dict[type[Any], Callable[[Any], None]] = {
+    Hello: _validate_hello,
+    Ack: _validate_ack,
+    Goodbye: _validate_goodbye,
+}
+
+# ---------------------------------------------------------------- decoding
+
+
+def _reject_tag(*_args: object) -> NoReturn:
+    raise ValueError("CBOR tags are not allowed")
+
+
+# Every tag number cbor2 decodes itself is overridden to fail; any other tag
+# reaches tag_hook, which fails too. So no tagged value is ever built.
+_NO_SEMANTIC_TAGS: dict[int, Callable[..., Any]] = {
+    tag: _reject_tag for tag in (*range(0, 300), 1004, 55799)
+}
+
+_DECODE_OPTIONS: dict[str, Any] = {
+    "tag_hook": _reject_tag,
+    "semantic_decoders": _NO_SEMANTIC_TAGS,
+    "max_depth": _MAX_DEPTH,
+    "allow_duplicate_keys": False,
+    "strict_hashable_types": True,
+    "allow_indefinite": False,
+}
+
+
+def _loads_exact(data: bytes | bytearray | memoryview) -> Any:
+    """Decode exactly one CBOR item that fills *data*; anything else is ProtocolError."""
+    if not data:
+        raise ProtocolError("empty item")
+    stream = io.BytesIO(data)
+    try:
+        item = cbor2.CBORDecoder(stream, **_DECODE_OPTIONS).decode()
+    except Exception as exc:  # cbor2 raises several types, ours among them
+        raise ProtocolError(f"invalid CBOR: {exc}") from None
+    if stream.tell() != len(data):
+        raise ProtocolError(f"{len(data) - stream.tell()} trailing bytes after the CBOR item")
+    return item
+
+
+def _structure_frame(payload: Any, senders: dict[bytes, uuid.UUID]) -> Frame:
+    if type(payload) is not dict:
+        raise ProtocolError(f"a frame must be a CBOR map, got {type(payload).__name__}")
+    tag = payload.get("t")
+    if tag == "m":
+        try:
+            return _structure_data(payload, senders)
+        except KeyError as exc:
+            raise ProtocolError(f"Data frame lacks field {exc}") from None
+        except Exception as exc:
+            raise ProtocolError(f"invalid Data frame: {exc}") from None
+    cls = _TAG_TO_CLASS.get(tag) if type(tag) is str else None
+    if cls is None:
+        raise ProtocolError(f"unknown frame tag {tag!r}")
+    if cls is Hello and payload.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"unsupported protocol version {payload.get('v')!r} (this node speaks "
+            f"{PROTOCOL_VERSION})"
+        )
+    try:
+        frame: Frame = _converter.structure(payload, cls)
+        validate = _VALIDATORS.get(cls)
+        if validate is not None:
+            validate(frame)
+    except KeyError as exc:
+        raise ProtocolError(f"{cls.__name__} frame lacks field {exc}") from None
+    except Exception as exc:  # type and value errors of any origin
+        raise ProtocolError(f"invalid {cls.__name__} frame: {exc}") from None
+    return frame
+
+
+def decode_frame(body: bytes | bytearray | memoryview) -> Frame:
+    """Decode the body of one frame (the bytes after the length prefix).
+
+    Raises:
+        ProtocolError: for anything that is not exactly one valid frame.
+    """
+    return _structure_frame(_loads_exact(body), {})
+
+
+class FrameDecoder:
+    """Incremental frame decoder: feed it bytes as they arrive, get whole frames.
+
+    A length prefix above *max_frame_size* raises :class:`ProtocolError` as soon
+    as the 4 prefix bytes are in, before anything of the frame is buffered. After
+    a :class:`ProtocolError` the stream is out of step: close it.
+
+    Args:
+        max_frame_size: largest frame body accepted, in bytes.
+    """
+
+    def __init__(self, max_frame_size: int) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._senders: dict[bytes, uuid.UUID] = {}
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Add *data* and return every frame it completes, in order.
+
+        Raises:
+            ProtocolError: for an oversized length prefix or an invalid frame.
+        """
+        buffer = self._buffer
+        buffer += data
+        bounds: list[tuple[int, int]] = []
+        position = 0
+        available = len(buffer)
+        unpack = _HEADER.unpack_from
+        limit = self.max_frame_size
+        while available - position >= 4:
+            (size,) = unpack(buffer, position)
+            if size > limit:
+                raise ProtocolError(f"frame of {size} bytes announced, the limit is {limit}")
+            end = position + 4 + size
+            if end > available:
+                break
+            bounds.append((position + 4, end))
+            position = end
+        if not bounds:
+            return []
+        # One decoder over the whole batch; each item must end exactly at its frame end.
+        stream = io.BytesIO(buffer)
+        del buffer[:position]
+        decoder = cbor2.CBORDecoder(stream, **_DECODE_OPTIONS)
+        frames: list[Frame] = []
+        for start, end in bounds:
+            if start == end:
+                raise ProtocolError("empty frame")
+            stream.seek(start)
+            try:
+                item = decoder.decode()
+            except Exception as exc:  # cbor2 raises several types, ours among them
+                raise ProtocolError(f"invalid CBOR: {exc}") from None
+            if stream.tell() != end:
+                raise ProtocolError("the CBOR item does not fill its frame exactly")
+            frames.append(_structure_frame(item, self._senders))
+        return frames
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode *frame* with its length prefix, ready to write to a stream."""
+    if type(frame) is Data:
+        return encode_data(frame.seq, frame.message)
+    payload = _converter.unstructure(frame)
+    payload["t"] = FRAME_TAGS[type(frame)]
+    body = cbor2.dumps(payload)
+    return _HEADER.pack(len(body)) + body
+
+
+def encode_data(seq: int, message: Message) -> bytes:
+    """Encode a :class:`Data` frame (the per-message path) with its prefix."""
+    body = cbor2.dumps(
+        {
+            "t": "m",
+            "q": seq,
+            "i": message.id.bytes,
+            "f": message.sender_id.bytes,
+            "n": message.sender_name,
+            "ts": message.timestamp,
+            "c": _unstructure_content(message.content),
+        }
+    )
+    return _HEADER.pack(len(body)) + body
+
+
+def encode_beacon(beacon: Beacon) -> bytes:
+    """Encode *beacon* as one datagram."""
+    payload = _converter.unstructure(beacon)
+    payload["m"] = BEACON_MAGIC
+    data = cbor2.dumps(payload)
+    if len(data) > MAX_BEACON_SIZE:
+        raise ValueError(f"beacon of {len(data)} bytes exceeds {MAX_BEACON_SIZE}")
+    return data
+
+
+def decode_beacon(data: bytes) -> Beacon:
+    """Decode one discovery datagram.
+
+    Raises:
+        ProtocolError: for anything that is not a valid beacon of our protocol
+            version (the message says which).
+    """
+    if len(data) > MAX_BEACON_SIZE:
+        raise ProtocolError(f"beacon of {len(data)} bytes exceeds {MAX_BEACON_SIZE}")
+    payload = _loads_exact(data)
+    if type(payload) is not dict or payload.get("m") != BEACON_MAGIC:
+        raise ProtocolError("not a trio_p2p beacon (magic missing)")
+    if payload.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported beacon version {payload.get('v')!r}")
+    try:
+        beacon = _converter.structure(payload, Beacon)
+        _check_name(beacon.name)
+        _check_port(beacon.port)
+    except KeyError as exc:
+        raise ProtocolError(f"beacon lacks field {exc}") from None
+    except Exception as exc:
+        raise ProtocolError(f"invalid beacon: {exc}") from None
+    return beacon
+
+
+def check_name(name: str) -> str:
+    """Return *name* if it is a valid node name, else raise :class:`ValueError`."""
+    return _check_name(name)

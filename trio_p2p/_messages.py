@@ -1,0 +1,214 @@
+"""Wire messages and the records they carry (attrs classes, no I/O).
+
+Every frame on a connection is one of the classes of :data:`Frame`; every
+discovery datagram is a :class:`Beacon`. Wire tags are explicit short strings
+(:data:`FRAME_TAGS`), never derived from class names, so renaming a class never
+changes the protocol. ``docs/protocol.rst`` describes the encoding.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import uuid
+
+import attrs
+
+__all__ = [
+    "BEACON_MAGIC",
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Beacon",
+    "BeaconKind",
+    "Content",
+    "Data",
+    "Frame",
+    "Goodbye",
+    "GoodbyeCode",
+    "Hello",
+    "Message",
+    "Ping",
+    "Pong",
+    "Text",
+]
+
+#: Version of the wire protocol, carried in every hello and beacon.
+PROTOCOL_VERSION = 1
+#: First field of every beacon: tells our datagrams from anyone else's.
+BEACON_MAGIC = b"TP2P"
+#: Longest node name, in UTF-8 bytes.
+MAX_NAME_BYTES = 128
+
+
+@attrs.frozen
+class Text:
+    """Plain text content of a :class:`Message`.
+
+    Attributes:
+        text: the text, any Unicode string.
+    """
+
+    text: str
+
+
+#: The closed union of message contents (file parts join it later).
+Content = Text
+
+
+@attrs.frozen
+class Message:
+    """A typed message between two nodes: what ``MessageReceived`` carries.
+
+    Attributes:
+        id: unique id of this message (a random UUID4).
+        sender_id: node id of the sender (checked against the handshake).
+        sender_name: the sender's display name.
+        timestamp: when it was sent, seconds since the Unix epoch (sender's clock).
+        content: what it carries, e.g. :class:`Text`.
+    """
+
+    id: uuid.UUID
+    sender_id: uuid.UUID
+    sender_name: str
+    timestamp: float
+    content: Content
+
+    @property
+    def sent_at(self) -> datetime.datetime:
+        """The timestamp as an aware UTC :class:`~datetime.datetime`."""
+        return datetime.datetime.fromtimestamp(self.timestamp, datetime.UTC)
+
+
+# ---------------------------------------------------------------- frames
+
+
+@attrs.frozen
+class Hello:
+    """First frame each way on a connection (wire tag ``"h"``).
+
+    Attributes:
+        version: protocol version of the sender.
+        node_id: the sender's node id.
+        session: 16 random bytes chosen once per process: tells a restarted peer
+            from the same process reconnecting.
+        name: the sender's display name.
+        port: the TCP port the sender listens on.
+        max_frame_size: largest frame the sender accepts.
+        capabilities: optional protocol features the sender supports.
+    """
+
+    version: int
+    node_id: uuid.UUID
+    session: bytes
+    name: str
+    port: int
+    max_frame_size: int
+    capabilities: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Data:
+    """A :class:`Message` with its sequence number in the session (wire tag ``"m"``).
+
+    Attributes:
+        seq: 1 for the first message of a session, then one more per message.
+        message: the message.
+    """
+
+    seq: int
+    message: Message
+
+
+@attrs.frozen
+class Ack:
+    """Cumulative acknowledgement (wire tag ``"a"``).
+
+    Attributes:
+        seq: every message up to and including this number has been placed in the
+            receiver's event channel.
+    """
+
+    seq: int
+
+
+@attrs.frozen
+class Ping:
+    """Heartbeat sent on an idle connection (wire tag ``"p"``); answered by :class:`Pong`."""
+
+
+@attrs.frozen
+class Pong:
+    """Answer to a :class:`Ping` (wire tag ``"o"``)."""
+
+
+class GoodbyeCode(enum.StrEnum):
+    """Why a connection is being closed (the ``code`` of a :class:`Goodbye`)."""
+
+    #: the sender closes the connection on purpose (disconnect or shutdown)
+    CLOSING = "closing"
+    #: handshake refused: a connection to this peer already exists
+    DUPLICATE = "duplicate"
+    #: handshake refused for another reason (identity, version, limits)
+    REFUSED = "refused"
+    #: the receiver broke the protocol
+    PROTOCOL = "protocol"
+
+
+@attrs.frozen
+class Goodbye:
+    """Last frame before a deliberate close (wire tag ``"g"``).
+
+    Attributes:
+        code: a machine-readable :class:`GoodbyeCode`.
+        reason: a sentence a person can read.
+    """
+
+    code: GoodbyeCode
+    reason: str
+
+
+#: Every frame a connection can carry.
+Frame = Hello | Data | Ack | Ping | Pong | Goodbye
+
+#: Wire tag of each frame class.
+FRAME_TAGS: dict[type[Frame], str] = {
+    Hello: "h",
+    Data: "m",
+    Ack: "a",
+    Ping: "p",
+    Pong: "o",
+    Goodbye: "g",
+}
+
+
+# ---------------------------------------------------------------- beacons
+
+
+class BeaconKind(enum.StrEnum):
+    """What a beacon says."""
+
+    #: "I am here" (sent every announce interval)
+    ANNOUNCE = "a"
+    #: "everybody announce yourselves now" (``discover_peers``)
+    REQUEST = "r"
+    #: "I am leaving"
+    GOODBYE = "g"
+
+
+@attrs.frozen
+class Beacon:
+    """One discovery datagram.
+
+    Attributes:
+        kind: announce, request or goodbye.
+        node_id: the sender's node id.
+        name: the sender's display name.
+        port: the TCP port the sender listens on.
+        version: protocol version of the sender.
+    """
+
+    kind: BeaconKind
+    node_id: uuid.UUID
+    name: str
+    port: int
+    version: int = PROTOCOL_VERSION
