@@ -1,0 +1,104 @@
+"""Helpers for connection tests on in-memory streams."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import attrs
+import trio
+import trio.testing
+
+from trio_p2p._codec import FrameDecoder
+from trio_p2p._connection import LocalNode, PeerConnection
+from trio_p2p._events import Event
+
+LIMIT = 1 << 20
+
+
+def node(name: str) -> LocalNode:
+    return LocalNode(uuid.uuid4(), name, os.urandom(16), 1000, LIMIT)
+
+
+@attrs.define
+class Side:
+    conn: PeerConnection
+    events: trio.MemoryReceiveChannel[Event]
+
+
+def make_side(
+    stream: trio.abc.Stream,
+    local: LocalNode,
+    remote: LocalNode,
+    *,
+    dialer: bool,
+    event_buffer: int = 1000,
+    window: int = 100,
+    interval: float = 1.0,
+    timeout: float = 5.0,
+) -> Side:
+    send, receive = trio.open_memory_channel[Event](event_buffer)
+    conn = PeerConnection(
+        stream,
+        local=local,
+        hello=remote.hello(),
+        address="memory",
+        dialer=dialer,
+        decoder=FrameDecoder(LIMIT),
+        pending=[],
+        events=send,
+        send_window=window,
+        heartbeat_interval=interval,
+        heartbeat_timeout=timeout,
+    )
+    return Side(conn, receive)
+
+
+class Cut:
+    """Shared state of a two-way in-memory link that breaks after N bytes A->B."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.passed = 0
+        self.broken = False
+        self.receivers: list[trio.testing.MemoryReceiveStream] = []
+
+    def break_link(self) -> None:
+        self.broken = True
+        for receiver in self.receivers:
+            receiver.put_eof()
+
+
+def cut_stream_pair(cut: Cut) -> tuple[trio.abc.Stream, trio.abc.Stream]:
+    """Two staples streams; bytes A->B count toward the cut, which breaks both ways."""
+
+    def one_way(
+        counted: bool,
+    ) -> tuple[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]:
+        send = trio.testing.MemorySendStream()
+        receive = trio.testing.MemoryReceiveStream()
+        cut.receivers.append(receive)
+
+        async def pump() -> None:
+            data = send.get_data_nowait()
+            if cut.broken:
+                raise trio.BrokenResourceError("link cut")
+            if counted:
+                room = cut.limit - cut.passed
+                if len(data) >= room:
+                    receive.put_data(data[:room])
+                    cut.passed += room
+                    cut.break_link()
+                    raise trio.BrokenResourceError("link cut")
+                cut.passed += len(data)
+            receive.put_data(data)
+
+        send.send_all_hook = pump
+        return send, receive
+
+    a_send, b_receive = one_way(counted=True)
+    b_send, a_receive = one_way(counted=False)
+    return (
+        trio.StapledStream(a_send, a_receive),
+        trio.StapledStream(b_send, b_receive),
+    )

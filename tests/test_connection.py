@@ -1,0 +1,264 @@
+"""PeerConnection on in-memory streams: handshake, order, acks, heartbeats, cuts."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_p2p import (
+    DeliveryError,
+    HandshakeError,
+    MessageReceived,
+    PeerNotConnectedError,
+    ProtocolError,
+    Text,
+)
+from trio_p2p._codec import FrameDecoder, encode_data
+from trio_p2p._connection import receive_hello, send_frame
+from trio_p2p._messages import Goodbye, GoodbyeCode, Message, Ping
+
+from .conn_helpers import LIMIT, Cut, Side, cut_stream_pair, make_side, node
+
+
+async def received_texts(side: Side, count: int) -> list[str]:
+    texts = []
+    for _ in range(count):
+        event = await side.events.receive()
+        assert isinstance(event, MessageReceived)
+        assert isinstance(event.message.content, Text)
+        texts.append(event.message.content.text)
+    return texts
+
+
+async def test_hello_exchange_on_memory_streams() -> None:
+    with trio.fail_after(5):
+        a, b = trio.testing.memory_stream_pair()
+        alice = node("Alice")
+        await send_frame(a, alice.hello())
+        hello, rest = await receive_hello(b, FrameDecoder(LIMIT))
+        assert hello == alice.hello()
+        assert rest == []
+        await send_frame(b, Goodbye(GoodbyeCode.DUPLICATE, "already connected"))
+        with pytest.raises(HandshakeError, match="already connected"):
+            await receive_hello(a, FrameDecoder(LIMIT))
+
+
+async def test_first_frame_must_be_a_hello() -> None:
+    with trio.fail_after(5):
+        a, b = trio.testing.memory_stream_pair()
+        await send_frame(a, Ping())
+        with pytest.raises(ProtocolError, match="expected a hello"):
+            await receive_hello(b, FrameDecoder(LIMIT))
+        await a.aclose()
+        with pytest.raises(HandshakeError, match="closed"):
+            await receive_hello(b, FrameDecoder(LIMIT))
+
+
+async def test_messages_arrive_in_order_and_are_acknowledged() -> None:
+    with trio.fail_after(10):
+        sa, sb = trio.testing.memory_stream_pair()
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, window=16)
+        b = make_side(sb, bob, alice, dialer=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            sent = [await a.conn.send(Text(f"m{i}")) for i in range(100)]
+            assert await received_texts(b, 100) == [f"m{i}" for i in range(100)]
+            await a.conn.flush()
+            assert a.conn.session.in_flight == 0
+            assert a.conn.messages_acknowledged == 100
+            assert all(m.sender_id == alice.node_id for m in sent)
+            # acknowledgements are coalesced: far fewer ack frames than messages
+            assert b.conn.frames_sent < 50
+            await a.conn.close("test over")
+            assert a.conn.reason == "closed by this node: test over"
+        assert b.conn.reason is not None
+        assert "test over" in b.conn.reason
+
+
+async def test_window_bounds_nowait_sends() -> None:
+    with trio.fail_after(5):
+        sa, _sb = trio.testing.memory_stream_pair()
+        a = make_side(sa, node("Alice"), node("Bob"), dialer=True, window=3)
+        for i in range(3):
+            a.conn.send_nowait(Text(str(i)))
+        with pytest.raises(trio.WouldBlock):
+            a.conn.send_nowait(Text("too many"))
+        assert a.conn.session.in_flight == 3
+
+
+async def test_oversized_message_is_refused_before_it_is_numbered() -> None:
+    with trio.fail_after(5):
+        sa, _sb = trio.testing.memory_stream_pair()
+        a = make_side(sa, node("Alice"), node("Bob"), dialer=True)
+        with pytest.raises(ValueError, match="frame limit"):
+            a.conn.send_nowait(Text("x" * LIMIT))
+        assert a.conn.session.last_sent == 0
+
+
+async def test_flush_raises_when_the_connection_ends_first() -> None:
+    with trio.fail_after(5):
+        sa, sb = trio.testing.memory_stream_pair()
+        a = make_side(sa, node("Alice"), node("Bob"), dialer=True)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            a.conn.send_nowait(Text("lost"))
+            await sb.aclose()
+            with pytest.raises(DeliveryError) as info:
+                await a.conn.flush()
+        assert [m.content for m in info.value.messages] == [Text("lost")]
+        assert a.conn.reason is not None
+
+
+async def test_silent_peer_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        sa, _silent = trio.testing.memory_stream_pair()
+        a = make_side(sa, node("Alice"), node("Bob"), dialer=True, interval=1, timeout=5)
+        start = trio.current_time()
+        reason = await a.conn.run()
+        elapsed = trio.current_time() - start
+        assert "heartbeat timeout" in reason
+        assert 5 <= elapsed <= 5.1
+
+
+async def test_idle_healthy_peers_do_not_time_out(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(120):
+        sa, sb = trio.testing.memory_stream_pair()
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, interval=1, timeout=5)
+        b = make_side(sb, bob, alice, dialer=False, interval=1, timeout=5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            await trio.sleep(60)
+            assert a.conn.is_open
+            assert b.conn.is_open
+            assert a.conn.frames_received >= 50  # pings and pongs kept it alive
+            nursery.cancel_scope.cancel()
+
+
+async def test_slow_application_does_not_make_a_healthy_peer_look_dead(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(120):
+        sa, sb = trio.testing.memory_stream_pair()
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, window=50, interval=1, timeout=5)
+        b = make_side(sb, bob, alice, dialer=False, event_buffer=1, interval=1, timeout=5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            for i in range(20):
+                a.conn.send_nowait(Text(str(i)))
+            await trio.sleep(30)  # Bob's application reads nothing for 6 timeouts
+            assert a.conn.is_open
+            assert b.conn.is_open
+            assert await received_texts(b, 20) == [str(i) for i in range(20)]
+            await a.conn.flush()
+            nursery.cancel_scope.cancel()
+
+
+async def test_message_with_a_forged_sender_is_a_protocol_error() -> None:
+    with trio.fail_after(5):
+        sa, sb = trio.testing.memory_stream_pair()
+        alice, bob = node("Alice"), node("Bob")
+        b = make_side(sb, bob, alice, dialer=False)
+        forged = Message(uuid.uuid4(), uuid.uuid4(), "Mallory", 0.0, Text("hi"))
+        await sa.send_all(encode_data(1, forged))
+        reason = await b.conn.run()
+        assert "protocol error" in reason
+        assert "claims sender" in reason
+        assert b.conn.failure == "protocol"
+
+
+async def test_out_of_order_sequence_is_a_protocol_error() -> None:
+    with trio.fail_after(5):
+        sa, sb = trio.testing.memory_stream_pair()
+        alice, bob = node("Alice"), node("Bob")
+        b = make_side(sb, bob, alice, dialer=False)
+        message = Message(uuid.uuid4(), alice.node_id, "Alice", 0.0, Text("hi"))
+        await sa.send_all(encode_data(2, message))
+        reason = await b.conn.run()
+        assert "out of order" in reason
+
+
+async def run_cut(limit: int, count: int) -> tuple[list[Message], list[Message], list[Message]]:
+    """Send *count* messages over a link cut after *limit* bytes; return
+    (sent, received, unacknowledged)."""
+    cut = Cut(limit)
+    sa, sb = cut_stream_pair(cut)
+    alice, bob = node("Alice"), node("Bob")
+    a = make_side(sa, alice, bob, dialer=True, window=count)
+    b = make_side(sb, bob, alice, dialer=False)
+    received: list[Message] = []
+
+    async def collect() -> None:
+        async for event in b.events:
+            assert isinstance(event, MessageReceived)
+            received.append(event.message)
+
+    sent: list[Message] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(collect)
+
+        async def run_both() -> None:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(a.conn.run)
+                inner.start_soon(b.conn.run)
+                for i in range(count):
+                    try:
+                        sent.append(a.conn.send_nowait(Text(f"m{i}")))
+                    except PeerNotConnectedError:
+                        assert cut.broken
+                        break
+                    if i % 3 == 0:
+                        await trio.lowlevel.checkpoint()
+                with trio.move_on_after(1), contextlib.suppress(DeliveryError):
+                    await a.conn.flush()
+                # if no cut happened, close deliberately
+                await a.conn.close("done")
+            await b.conn._events.aclose()
+
+        nursery.start_soon(run_both)
+    return sent, received, list(a.conn.session.unacknowledged())
+
+
+def check_no_silent_loss(
+    sent: list[Message], received: list[Message], unacked: list[Message]
+) -> None:
+    assert received == sent[: len(received)], "received must be an in-order prefix of sent"
+    assert unacked == sent[len(sent) - len(unacked) :], "unacked must be a suffix of sent"
+    assert len(received) + len(unacked) >= len(sent), "a message was lost in silence"
+    # nothing received twice
+    assert len({m.id for m in received}) == len(received)
+
+
+async def test_stream_cut_at_every_byte_offset_loses_nothing_in_silence() -> None:
+    with trio.fail_after(120):
+        count = 6
+        full = sum(
+            len(
+                encode_data(i + 1, Message(uuid.uuid4(), uuid.uuid4(), "Alice", 0.0, Text(f"m{i}")))
+            )
+            for i in range(count)
+        )
+        for limit in range(full + 60):
+            sent, received, unacked = await run_cut(limit, count)
+            check_no_silent_loss(sent, received, unacked)
+            if limit == 0:
+                assert received == []
+
+
+@settings(max_examples=40, deadline=None)
+@given(limit=st.integers(0, 20000), count=st.integers(1, 120))
+async def test_stream_cut_anywhere_in_long_runs(limit: int, count: int) -> None:
+    with trio.fail_after(30):
+        sent, received, unacked = await run_cut(limit, count)
+        check_no_silent_loss(sent, received, unacked)

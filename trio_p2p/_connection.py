@@ -1,0 +1,434 @@
+"""One peer connection on any :class:`trio.abc.Stream`: handshake, reader, writer, heartbeat.
+
+Nothing here opens or accepts sockets (the messenger does), so the same code
+runs on a TCP stream, an in-memory stream in the tests, or an encrypted stream
+wrapping either.
+
+Per connection there is one reader task (decodes frames, delivers messages to
+the event channel, acknowledges them), one writer task (drains everything
+queued and writes it in one call) and one heartbeat task (pings an idle
+connection, closes a silent one).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from ._codec import FrameDecoder, encode_data, encode_frame
+from ._errors import DeliveryError, HandshakeError, PeerNotConnectedError, ProtocolError
+from ._events import Event, MessageReceived, PeerInfo
+from ._log import RateLimitedWarnings, get_logger
+from ._messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Content,
+    Data,
+    Frame,
+    Goodbye,
+    GoodbyeCode,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+)
+from ._session import Session
+
+__all__ = ["LocalNode", "PeerConnection", "receive_hello", "send_frame"]
+
+logger = get_logger("connection")
+bad_input = RateLimitedWarnings(logger)
+
+#: Bytes asked of the stream per receive.
+RECEIVE_SIZE = 256 * 1024
+#: The writer stops waiting for more to coalesce once this much is queued.
+COALESCE_LIMIT = 256 * 1024
+#: How long a deliberate close waits for the goodbye to be written.
+CLOSE_TIMEOUT = 1.0
+
+
+@attrs.frozen
+class LocalNode:
+    """This node's identity, as its hellos state it.
+
+    Attributes:
+        node_id: this node's id.
+        name: this node's display name.
+        nonce: the per-process session nonce.
+        port: the TCP port this node listens on.
+        max_frame_size: largest frame this node accepts.
+    """
+
+    node_id: uuid.UUID
+    name: str
+    nonce: bytes
+    port: int
+    max_frame_size: int
+
+    def hello(self) -> Hello:
+        """The hello this node sends."""
+        return Hello(
+            version=PROTOCOL_VERSION,
+            node_id=self.node_id,
+            session=self.nonce,
+            name=self.name,
+            port=self.port,
+            max_frame_size=self.max_frame_size,
+        )
+
+
+class _Ended(Exception):
+    """Internal: the connection ends, for the reason given."""
+
+
+async def send_frame(stream: trio.abc.Stream, frame: Frame) -> None:
+    """Write one frame directly (only before the writer task runs)."""
+    await stream.send_all(encode_frame(frame))
+
+
+async def receive_hello(
+    stream: trio.abc.Stream, decoder: FrameDecoder
+) -> tuple[Hello, list[Frame]]:
+    """Read until the first frame arrives; it must be a hello.
+
+    Returns:
+        The hello, and any frames that arrived right behind it.
+
+    Raises:
+        HandshakeError: the peer refused (sent a goodbye) or closed the stream.
+        ProtocolError: the first frame is not a hello, or is malformed.
+    """
+    while True:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise HandshakeError("the peer closed the connection during the handshake")
+        frames = decoder.feed(data)
+        if frames:
+            break
+    first, rest = frames[0], frames[1:]
+    if isinstance(first, Goodbye):
+        raise HandshakeError(f"refused by the peer ({first.code}): {first.reason}")
+    if not isinstance(first, Hello):
+        raise ProtocolError(f"expected a hello, got {type(first).__name__}")
+    return first, rest
+
+
+class PeerConnection:
+    """An established connection to one peer and its session.
+
+    Created once the hellos have been exchanged; :meth:`run` serves it until it
+    ends and returns why.
+
+    Args:
+        stream: the byte stream to the peer.
+        local: this node.
+        hello: the peer's hello.
+        address: the peer's address (for :class:`PeerInfo` and logs).
+        dialer: whether this node dialled the connection.
+        decoder: the decoder the handshake used (it may hold more bytes).
+        pending: frames that arrived behind the peer's hello.
+        events: where messages are delivered.
+        send_window: unacknowledged messages allowed.
+        heartbeat_interval: an idle connection pings this often.
+        heartbeat_timeout: silence after which the connection is closed.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        local: LocalNode,
+        hello: Hello,
+        address: str,
+        dialer: bool,
+        decoder: FrameDecoder,
+        pending: list[Frame],
+        events: trio.MemorySendChannel[Event],
+        send_window: int,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+    ) -> None:
+        self.stream = stream
+        self.local = local
+        self.hello = hello
+        self.dialer = dialer
+        self.peer = PeerInfo(
+            id=hello.node_id,
+            name=hello.name,
+            address=address,
+            port=hello.port,
+            last_seen=trio.current_time(),
+        )
+        self.session = Session(hello.node_id, hello.session, send_window)
+        self._decoder = decoder
+        self._pending = pending
+        self._events = events
+        self._heartbeat_interval = heartbeat_interval
+        self._heartbeat_timeout = heartbeat_timeout
+        self._max_body = min(hello.max_frame_size, local.max_frame_size)
+        self._outgoing = bytearray()
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        #: woken on every acknowledgement and when the connection ends
+        self._ack_lot = trio.lowlevel.ParkingLot()
+        self._scope = trio.CancelScope()
+        self._done = trio.Event()
+        self._closing = False
+        self._close_reason = ""
+        self._reader_blocked = False
+        self._last_received = trio.current_time()
+        self._last_sent = trio.current_time()
+        #: why the connection ended (None while it runs)
+        self.reason: str | None = None
+        #: the goodbye code of a protocol failure, for statistics
+        self.failure: str | None = None
+        # counters (names as in Statistics)
+        self.frames_sent = 0
+        self.frames_received = 0
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.messages_sent = 0
+        self.messages_received = 0
+        self.messages_acknowledged = 0
+
+    # ------------------------------------------------------------ sending
+
+    @property
+    def peer_id(self) -> uuid.UUID:
+        """The peer's node id."""
+        return self.hello.node_id
+
+    @property
+    def is_open(self) -> bool:
+        """True until the connection starts closing or ends."""
+        return self.reason is None and not self._closing
+
+    def send_nowait(self, content: Content) -> Message:
+        """Queue a message; never waits.
+
+        Raises:
+            trio.WouldBlock: the send window is full.
+            PeerNotConnectedError: the connection is closing or closed.
+            ValueError: the message is larger than the peer accepts.
+        """
+        if not self.is_open:
+            raise PeerNotConnectedError(self.peer_id, self.reason or "the connection is closing")
+        session = self.session
+        if session.window_full:
+            raise trio.WouldBlock
+        message = Message(
+            uuid.UUID(bytes=os.urandom(16), version=4),
+            self.local.node_id,
+            self.local.name,
+            time.time(),
+            content,
+        )
+        frame = encode_data(session.last_sent + 1, message)
+        if len(frame) - 4 > self._max_body:
+            raise ValueError(
+                f"message of {len(frame) - 4} bytes exceeds the frame limit of {self._max_body}"
+            )
+        session.number(message)
+        self._outgoing += frame
+        self.messages_sent += 1
+        self.frames_sent += 1
+        if self._writer_lot:
+            self._writer_lot.unpark()
+        return message
+
+    async def send(self, content: Content) -> Message:
+        """Queue a message, waiting while the send window is full."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self.session.window_full and self.is_open:
+            await self._ack_lot.park()
+        message = self.send_nowait(content)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return message
+
+    async def flush(self) -> None:
+        """Return once every message sent so far is acknowledged.
+
+        Raises:
+            DeliveryError: the connection ended first.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        target = self.session.last_sent
+        while self.session.last_acked < target:
+            if self.reason is not None:
+                raise DeliveryError(self.peer_id, self.session.unacknowledged(), self.reason)
+            await self._ack_lot.park()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _queue(self, frame: Frame) -> None:
+        self.frames_sent += 1
+        self._outgoing += encode_frame(frame)
+        if self._writer_lot:
+            self._writer_lot.unpark()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> str:
+        """Serve the connection until it ends; return the reason it ended."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._guard, self._read_loop)
+                    nursery.start_soon(self._guard, self._write_loop)
+                    nursery.start_soon(self._guard, self._heartbeat_loop)
+        finally:
+            if self.reason is None:
+                self.reason = "the connection was cancelled"
+            self._ack_lot.unpark_all()
+            self._writer_lot.unpark_all()
+            await trio.aclose_forcefully(self.stream)
+            self._done.set()
+        return self.reason
+
+    def _finish(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._scope.cancel()
+
+    async def close(self, reason: str) -> None:
+        """Say goodbye with *reason*, then close (waits at most ``CLOSE_TIMEOUT``)."""
+        if self.reason is None and not self._closing:
+            self._closing = True
+            self._queue(Goodbye(GoodbyeCode.CLOSING, reason))
+            self._close_reason = reason
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            await self._done.wait()
+        if scope.cancelled_caught:
+            self._finish(reason)
+            await self._done.wait()
+
+    async def _guard(self, loop: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await loop()
+        except _Ended as exc:
+            self._finish(str(exc))
+        except ProtocolError as exc:
+            bad_input.warning(
+                "protocol error from %s (%s): %s", self.peer.name, self.peer.address, exc
+            )
+            self.failure = "protocol"
+            self._finish(f"protocol error: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._finish(f"connection lost: {exc or type(exc).__name__}")
+        except OSError as exc:
+            self._finish(f"connection lost: {exc.strerror or exc}")
+
+    # ------------------------------------------------------------ tasks
+
+    async def _write_loop(self) -> None:
+        stream = self.stream
+        while True:
+            if not self._outgoing:
+                if self._closing:
+                    raise _Ended(f"closed by this node: {self._close_reason}")
+                await self._writer_lot.park()
+                continue
+            # Coalesce: let producers add more while the queue is still growing.
+            size = len(self._outgoing)
+            while size < COALESCE_LIMIT:
+                await trio.lowlevel.checkpoint()
+                grown = len(self._outgoing)
+                if grown == size:
+                    break
+                size = grown
+            data = self._outgoing
+            self._outgoing = bytearray()
+            self._last_sent = trio.current_time()
+            await stream.send_all(data)
+            self.bytes_sent += len(data)
+
+    async def _read_loop(self) -> None:
+        for frame in self._pending:
+            await self._handle(frame)
+        self._pending = []
+        stream = self.stream
+        decoder = self._decoder
+        session = self.session
+        while True:
+            data = await stream.receive_some(RECEIVE_SIZE)
+            if not data:
+                detail = " in the middle of a frame" if decoder.buffered else ""
+                raise _Ended(f"the peer closed the connection{detail}")
+            self._last_received = trio.current_time()
+            self.bytes_received += len(data)
+            for frame in decoder.feed(data):
+                await self._handle(frame)
+            ack = session.ack_due()
+            if ack is not None:
+                self._queue(Ack(ack))
+
+    async def _handle(self, frame: Frame) -> None:
+        self.frames_received += 1
+        if type(frame) is Data:
+            message = frame.message
+            if message.sender_id != self.peer_id:
+                raise ProtocolError(
+                    f"message claims sender {message.sender_id}, the handshake said {self.peer_id}"
+                )
+            session = self.session
+            session.check_incoming(frame.seq)
+            event = MessageReceived(message)
+            try:
+                self._events.send_nowait(event)
+            except trio.WouldBlock:
+                # The application is behind: acknowledge what it has, then wait for it.
+                # Liveness is not judged while this reader is held back.
+                ack = session.ack_due()
+                if ack is not None:
+                    self._queue(Ack(ack))
+                self._reader_blocked = True
+                try:
+                    await self._events.send(event)
+                finally:
+                    self._reader_blocked = False
+                    self._last_received = trio.current_time()
+            session.received(frame.seq)
+            self.messages_received += 1
+        elif type(frame) is Ack:
+            settled = self.session.acknowledge(frame.seq)
+            if settled:
+                self.messages_acknowledged += settled
+                self._ack_lot.unpark_all()
+        elif type(frame) is Ping:
+            self._queue(Pong())
+        elif type(frame) is Pong:
+            pass
+        elif type(frame) is Goodbye:
+            raise _Ended(f"the peer closed the connection ({frame.code}): {frame.reason}")
+        else:
+            raise ProtocolError(f"unexpected {type(frame).__name__} after the handshake")
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._heartbeat_interval
+        timeout = self._heartbeat_timeout
+        while True:
+            now = trio.current_time()
+            if self._reader_blocked:
+                self._last_received = now
+            if now - self._last_received >= timeout:
+                raise _Ended(f"nothing received for {timeout:g} s (heartbeat timeout)")
+            if now - self._last_sent >= interval and not self._outgoing:
+                self._queue(Ping())
+                self._last_sent = now
+            wake = min(self._last_received + timeout, self._last_sent + interval)
+            await trio.sleep_until(max(wake, now + interval / 100))
+
+    def counters(self) -> dict[str, int]:
+        """This connection's counters, by :class:`Statistics` field name."""
+        return {
+            "frames_sent": self.frames_sent,
+            "frames_received": self.frames_received,
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "messages_sent": self.messages_sent,
+            "messages_received": self.messages_received,
+            "messages_acknowledged": self.messages_acknowledged,
+        }

@@ -1,0 +1,70 @@
+"""Statistics: the frozen counters returned by ``Messenger.statistics()``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import attrs
+
+__all__ = ["CONNECTION_COUNTERS", "Statistics"]
+
+#: Counters kept by each connection (summed over live and closed connections).
+CONNECTION_COUNTERS = (
+    "frames_sent",
+    "frames_received",
+    "bytes_sent",
+    "bytes_received",
+    "messages_sent",
+    "messages_received",
+    "messages_acknowledged",
+)
+
+
+def _frozen_counts(value: Mapping[str, int]) -> Mapping[str, int]:
+    return MappingProxyType(dict(Counter(value)))
+
+
+@attrs.frozen(kw_only=True)
+class Statistics:
+    """A snapshot of a messenger's counters since it started.
+
+    Attributes:
+        frames_sent: frames written to connections.
+        frames_received: frames decoded from connections.
+        bytes_sent: bytes written to connections.
+        bytes_received: bytes read from connections.
+        messages_sent: messages accepted by a send.
+        messages_received: messages placed in the event channel.
+        messages_acknowledged: sent messages the peers acknowledged.
+        messages_undelivered: messages named in ``DeliveryFailed`` events.
+        connections_accepted: connections that completed a handshake.
+        connections_refused: connections closed before or during the handshake, by cause.
+        connections_failed: connections ended by a protocol error, by cause.
+        datagrams_sent: beacons sent.
+        datagram_send_errors: beacons that could not be sent.
+        datagrams_received: datagrams read from the discovery socket.
+        datagrams_dropped: datagrams ignored, by cause (``own``, ``malformed``,
+            ``per_address_cap``, ``table_full``, ...).
+        events_coalesced: discovery events merged while the event channel was full.
+        events_dropped: events that could not be delivered while shutting down.
+    """
+
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    messages_acknowledged: int = 0
+    messages_undelivered: int = 0
+    connections_accepted: int = 0
+    connections_refused: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_counts)
+    connections_failed: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_counts)
+    datagrams_sent: int = 0
+    datagram_send_errors: int = 0
+    datagrams_received: int = 0
+    datagrams_dropped: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_counts)
+    events_coalesced: int = 0
+    events_dropped: int = 0
