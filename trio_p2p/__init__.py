@@ -25,6 +25,9 @@ from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._messages import Content as Content
 from ._messages import Message as Message
 from ._messages import Text as Text
+from ._messenger import Messenger as Messenger
+from ._messenger import open_messenger as open_messenger
+from ._stats import Statistics as Statistics
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "HandshakeError",
     "Message",
     "MessageReceived",
+    "Messenger",
     "PeerConnected",
     "PeerDisconnected",
     "PeerDiscovered",
@@ -45,8 +49,10 @@ __all__ = [
     "PeerLost",
     "PeerNotConnectedError",
     "ProtocolError",
+    "Statistics",
     "Text",
     "TransferError",
     "TrioP2PError",
     "__version__",
+    "open_messenger",
 ]

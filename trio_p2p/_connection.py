@@ -48,6 +48,8 @@ bad_input = RateLimitedWarnings(logger)
 RECEIVE_SIZE = 256 * 1024
 #: The writer stops waiting for more to coalesce once this much is queued.
 COALESCE_LIMIT = 256 * 1024
+#: While the application holds the reader back, acknowledge every this many messages.
+ACK_WHILE_BLOCKED = 64
 #: How long a deliberate close waits for the goodbye to be written.
 CLOSE_TIMEOUT = 1.0
 
@@ -112,7 +114,7 @@ async def receive_hello(
             break
     first, rest = frames[0], frames[1:]
     if isinstance(first, Goodbye):
-        raise HandshakeError(f"refused by the peer ({first.code}): {first.reason}")
+        raise HandshakeError(f"refused by the peer: {first.reason}", code=first.code)
     if not isinstance(first, Hello):
         raise ProtocolError(f"expected a hello, got {type(first).__name__}")
     return first, rest
@@ -177,6 +179,8 @@ class PeerConnection:
         self._ack_lot = trio.lowlevel.ParkingLot()
         self._scope = trio.CancelScope()
         self._done = trio.Event()
+        #: set by the owner once the end of the connection has been reported
+        self.finished = trio.Event()
         self._closing = False
         self._close_reason = ""
         self._reader_blocked = False
@@ -241,10 +245,18 @@ class PeerConnection:
         return message
 
     async def send(self, content: Content) -> Message:
-        """Queue a message, waiting while the send window is full."""
+        """Queue a message, waiting while the send window is full.
+
+        A full window is waited on until half of it is acknowledged, so that a
+        producer then sends a batch again rather than one message per
+        acknowledgement (which would make every write, and every ack, tiny).
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
-        while self.session.window_full and self.is_open:
-            await self._ack_lot.park()
+        session = self.session
+        if session.window_full:
+            low_water = session.window // 2
+            while session.in_flight > low_water and self.is_open:
+                await self._ack_lot.park()
         message = self.send_nowait(content)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return message
@@ -379,9 +391,11 @@ class PeerConnection:
             try:
                 self._events.send_nowait(event)
             except trio.WouldBlock:
-                # The application is behind: acknowledge what it has, then wait for it.
-                # Liveness is not judged while this reader is held back.
-                ack = session.ack_due()
+                # The application is behind: wait for it. Acknowledge what it has now
+                # and then, not on every event it takes (that would be an ack per
+                # message); the end of the read batch acknowledges the rest. Liveness
+                # is not judged while this reader is held back.
+                ack = session.ack_due(ACK_WHILE_BLOCKED)
                 if ack is not None:
                     self._queue(Ack(ack))
                 self._reader_blocked = True

@@ -24,7 +24,16 @@ class ProtocolError(TrioP2PError):
 
 
 class HandshakeError(TrioP2PError):
-    """A connection could not be established: the handshake was refused or failed."""
+    """A connection could not be established: the handshake was refused or failed.
+
+    Attributes:
+        code: the refusing peer's goodbye code (``"duplicate"``, ``"refused"``, ...),
+            or None when the handshake failed for another reason.
+    """
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        self.code = code
+        super().__init__(message)
 
 
 class PeerNotConnectedError(TrioP2PError):

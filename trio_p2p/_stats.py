@@ -8,18 +8,7 @@ from types import MappingProxyType
 
 import attrs
 
-__all__ = ["CONNECTION_COUNTERS", "Statistics"]
-
-#: Counters kept by each connection (summed over live and closed connections).
-CONNECTION_COUNTERS = (
-    "frames_sent",
-    "frames_received",
-    "bytes_sent",
-    "bytes_received",
-    "messages_sent",
-    "messages_received",
-    "messages_acknowledged",
-)
+__all__ = ["Statistics"]
 
 
 def _frozen_counts(value: Mapping[str, int]) -> Mapping[str, int]:

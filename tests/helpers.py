@@ -1,0 +1,53 @@
+"""Helpers for end-to-end tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TypeVar
+
+import trio
+
+from trio_p2p import Event, MessageReceived, Messenger, PeerConnected, PeerDiscovered, Text
+
+E = TypeVar("E")
+
+
+async def wait_for(messenger: Messenger, kind: type[E], *, peer: uuid.UUID | None = None) -> E:
+    """Read events until one of *kind* (about *peer*, if given) arrives."""
+    async for event in messenger.events:
+        if isinstance(event, kind) and (
+            peer is None or getattr(getattr(event, "peer", None), "id", None) == peer
+        ):
+            return event
+    raise AssertionError(f"event channel closed before a {kind.__name__}")
+
+
+async def discover(messenger: Messenger, other: Messenger) -> PeerDiscovered:
+    return await wait_for(messenger, PeerDiscovered, peer=other.peer_id)
+
+
+async def connect(a: Messenger, b: Messenger) -> None:
+    """Connect a to b (found by discovery) and wait for both PeerConnected events."""
+    found = await discover(a, b)
+    await a.connect_to_peer(found.peer)
+    await wait_for(a, PeerConnected, peer=b.peer_id)
+    await wait_for(b, PeerConnected, peer=a.peer_id)
+
+
+async def texts(messenger: Messenger, count: int) -> list[str]:
+    """The next *count* text messages received, skipping other events."""
+    out: list[str] = []
+    while len(out) < count:
+        event: Event = await messenger.events.receive()
+        if isinstance(event, MessageReceived):
+            assert isinstance(event.message.content, Text)
+            out.append(event.message.content.text)
+    return out
+
+
+async def drain(messenger: Messenger, seconds: float) -> list[Event]:
+    out: list[Event] = []
+    with trio.move_on_after(seconds):
+        async for event in messenger.events:
+            out.append(event)
+    return out

@@ -1,0 +1,619 @@
+"""The Messenger and ``open_messenger``: owns the nursery, the sockets and the event channel."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from ._codec import FrameDecoder, check_name
+from ._config import Config
+from ._connection import LocalNode, PeerConnection, receive_hello, send_frame
+from ._discovery import Discovery, PeerTable, open_discovery_socket
+from ._errors import HandshakeError, PeerNotConnectedError, ProtocolError
+from ._events import (
+    DeliveryFailed,
+    Error,
+    Event,
+    PeerConnected,
+    PeerDisconnected,
+    PeerDiscovered,
+    PeerInfo,
+    PeerLost,
+)
+from ._log import RateLimitedWarnings, get_logger
+from ._messages import Beacon, BeaconKind, Frame, Goodbye, GoodbyeCode, Hello, Message, Text
+from ._stats import Statistics
+
+__all__ = ["Messenger", "open_messenger"]
+
+logger = get_logger("messenger")
+bad_input = RateLimitedWarnings(logger)
+
+#: How long the whole of leaving ``open_messenger`` may take, at most.
+SHUTDOWN_LIMIT = 1.0
+
+
+class _Outlet:
+    """The single way into the event channel.
+
+    Connection events are awaited (back-pressure reaches the connection's reader
+    and so its sender). Discovery events never wait: while the channel is full
+    they are kept, one per peer (the newest wins), and delivered in order later.
+    """
+
+    def __init__(self, channel: trio.MemorySendChannel[Event], counters: Counter[str]) -> None:
+        self.channel = channel
+        self._counters = counters
+        self._pending: dict[uuid.UUID, PeerDiscovered | PeerLost] = {}
+        self._wake = trio.lowlevel.ParkingLot()
+        #: while shutting down, events that do not fit are dropped, never awaited
+        self.closing = False
+
+    def discovery(self, event: PeerDiscovered | PeerLost) -> None:
+        if not self._pending:
+            try:
+                self.channel.send_nowait(event)
+            except trio.WouldBlock:
+                pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._counters["events_dropped"] += 1
+                return
+            else:
+                return
+        if self._pending.pop(event.peer.id, None) is not None:
+            self._counters["events_coalesced"] += 1
+        self._pending[event.peer.id] = event
+        self._wake.unpark()
+
+    def nowait(self, event: Event) -> None:
+        try:
+            self.channel.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            self._counters["events_dropped"] += 1
+
+    async def send(self, event: Event) -> None:
+        if self.closing:
+            self.nowait(event)
+            return
+        try:
+            await self.channel.send(event)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._counters["events_dropped"] += 1
+
+    async def run(self) -> None:
+        while True:
+            if not self._pending:
+                await self._wake.park()
+                continue
+            peer_id = next(iter(self._pending))
+            await self.send(self._pending.pop(peer_id))
+
+
+async def _open_listener(config: Config) -> trio.SocketListener:
+    ports = [config.tcp_port] if config.tcp_port == 0 else [config.tcp_port, 0]
+    for port in ports:
+        sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            await sock.bind((config.bind_address, port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE and port != 0:
+                logger.info("TCP port %d is taken; listening on a free port instead", port)
+                continue
+            raise
+        return trio.SocketListener(sock)
+    raise AssertionError("unreachable: port 0 never reports EADDRINUSE")
+
+
+class Messenger:
+    """A node of the peer-to-peer network. Made by :func:`open_messenger`.
+
+    Attributes:
+        config: the configuration it runs with.
+        events: the one channel every :data:`~trio_p2p.Event` arrives on.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        nursery: trio.Nursery,
+        listener: trio.SocketListener,
+        discovery_socket: trio.socket.SocketType,
+        events: tuple[trio.MemorySendChannel[Event], trio.MemoryReceiveChannel[Event]],
+    ) -> None:
+        self.config = config
+        self._nursery = nursery
+        self._listener = listener
+        port = listener.socket.getsockname()[1]
+        self._local = LocalNode(uuid.uuid4(), name, os.urandom(16), port, config.max_frame_size)
+        self._event_send, self.events = events
+        self._counters: Counter[str] = Counter()
+        self._refused: Counter[str] = Counter()
+        self._failed: Counter[str] = Counter()
+        self._drops: Counter[str] = Counter()
+        self._outlet = _Outlet(self._event_send, self._counters)
+        self._connections: dict[uuid.UUID, PeerConnection] = {}
+        self._dialing: set[uuid.UUID] = set()
+        self._registry_changed = trio.lowlevel.ParkingLot()
+        self._handshakes = 0
+        self._closing = False
+        self._table = PeerTable(
+            config.max_discovered_peers,
+            config.max_peers_per_address,
+            config.peer_timeout,
+            is_connected=lambda node_id: node_id in self._connections,
+        )
+        self._discovery = Discovery(
+            config,
+            discovery_socket,
+            Beacon(BeaconKind.ANNOUNCE, self._local.node_id, name, port),
+            self._table,
+            self._outlet.discovery,
+            self._counters,
+            self._drops,
+        )
+
+    # ------------------------------------------------------------ identity
+
+    @property
+    def peer_id(self) -> uuid.UUID:
+        """This node's id (random per process)."""
+        return self._local.node_id
+
+    @property
+    def peer_name(self) -> str:
+        """This node's display name."""
+        return self._local.name
+
+    @property
+    def tcp_port(self) -> int:
+        """The TCP port actually listened on."""
+        return self._local.port
+
+    @property
+    def broadcast_targets(self) -> tuple[str, ...]:
+        """The addresses beacons currently go to."""
+        return self._discovery.targets
+
+    # ------------------------------------------------------------ peers
+
+    def discovered_peers(self) -> list[PeerInfo]:
+        """A snapshot of the peers discovery currently knows."""
+        return self._table.snapshot()
+
+    def connected_peers(self) -> list[PeerInfo]:
+        """A snapshot of the peers with a live connection."""
+        return [c.peer for c in self._connections.values() if c.is_open]
+
+    async def discover_peers(self) -> list[PeerInfo]:
+        """Announce this node now and ask every node to announce itself.
+
+        Returns:
+            The discovered peers known right now; answers arrive as
+            :class:`~trio_p2p.PeerDiscovered` events.
+        """
+        await self._discovery.send(BeaconKind.REQUEST)
+        await self._discovery.send(BeaconKind.ANNOUNCE)
+        return self.discovered_peers()
+
+    def _connection(self, peer_id: uuid.UUID) -> PeerConnection:
+        conn = self._connections.get(peer_id)
+        if conn is None or not conn.is_open:
+            raise PeerNotConnectedError(peer_id)
+        return conn
+
+    async def connect_to_peer(self, peer: PeerInfo | tuple[str, int]) -> PeerInfo:
+        """Connect to *peer* unless already connected (idempotent).
+
+        Args:
+            peer: a discovered :class:`PeerInfo`, or ``(host, port)`` of a peer that
+                discovery cannot see.
+
+        Returns:
+            The connected peer.
+
+        Raises:
+            HandshakeError: the peer refused, broke the handshake or took too long.
+            OSError: the TCP connection could not be made.
+        """
+        if isinstance(peer, PeerInfo):
+            host, port, expected = peer.address, peer.port, peer.id
+            if expected == self.peer_id:
+                raise ValueError("cannot connect to this node itself")
+        else:
+            host, port = peer
+            expected = None
+        while True:
+            existing = self._find_connection(expected, host, port)
+            if existing is not None:
+                await trio.lowlevel.checkpoint()
+                return existing.peer
+            if expected is None or expected not in self._dialing:
+                break
+            await self._registry_changed.park()  # another task is dialling it
+        if expected is not None:
+            self._dialing.add(expected)
+        try:
+            conn: PeerConnection = await self._nursery.start(self._dial, host, port, expected)
+        except HandshakeError as exc:
+            if exc.code != GoodbyeCode.DUPLICATE:
+                raise
+            # Both sides dialled at once: the other connection wins; wait for it.
+            with trio.move_on_after(self.config.handshake_timeout):
+                while (winner := self._find_connection(expected, host, port)) is None:
+                    await self._registry_changed.park()
+                return winner.peer
+            raise
+        finally:
+            if expected is not None:
+                self._dialing.discard(expected)
+                self._registry_changed.unpark_all()
+        return conn.peer
+
+    def _find_connection(
+        self, peer_id: uuid.UUID | None, host: str, port: int
+    ) -> PeerConnection | None:
+        if peer_id is not None:
+            conn = self._connections.get(peer_id)
+            return conn if conn is not None and conn.is_open else None
+        for conn in self._connections.values():
+            if conn.is_open and conn.peer.address == host and conn.peer.port == port:
+                return conn
+        return None
+
+    async def disconnect_peer(self, peer_id: uuid.UUID) -> None:
+        """Close the connection to *peer_id* with a goodbye.
+
+        Returns once its :class:`~trio_p2p.PeerDisconnected` event is emitted.
+
+        Raises:
+            PeerNotConnectedError: no live connection to that peer.
+        """
+        conn = self._connection(peer_id)
+        await conn.close("disconnected by the application")
+        await conn.finished.wait()
+
+    # ------------------------------------------------------------ sending
+
+    def send_text_message_nowait(self, peer_id: uuid.UUID, text: str) -> Message:
+        """Queue a text message to *peer_id* without waiting.
+
+        Returns:
+            The message as sent (with its id and timestamp).
+
+        Raises:
+            trio.WouldBlock: the peer's send window is full.
+            PeerNotConnectedError: no live connection to that peer.
+            ValueError: the message is larger than the peer accepts.
+        """
+        if type(text) is not str:
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        return self._connection(peer_id).send_nowait(Text(text))
+
+    async def send_text_message(self, peer_id: uuid.UUID, text: str) -> Message:
+        """Queue a text message to *peer_id*, waiting while its send window is full.
+
+        The message is delivered at most once and in order, or named in a
+        :class:`~trio_p2p.DeliveryFailed` event; :meth:`flush` waits for delivery.
+
+        Raises:
+            PeerNotConnectedError: no live connection to that peer.
+            ValueError: the message is larger than the peer accepts.
+        """
+        if type(text) is not str:
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        return await self._connection(peer_id).send(Text(text))
+
+    async def broadcast_text_message(self, text: str) -> list[Message]:
+        """Send a text message to every connected peer.
+
+        Returns:
+            One message per peer it was queued for.
+        """
+        sent = []
+        for conn in list(self._connections.values()):
+            if conn.is_open:
+                try:
+                    sent.append(await conn.send(Text(text)))
+                except PeerNotConnectedError:
+                    continue
+        await trio.lowlevel.checkpoint()
+        return sent
+
+    async def flush(self, peer_id: uuid.UUID | None = None) -> None:
+        """Return once everything sent so far is acknowledged by its receiver.
+
+        Args:
+            peer_id: the peer to wait for; None waits for every peer.
+
+        Raises:
+            DeliveryError: a session ended with messages unacknowledged.
+            PeerNotConnectedError: *peer_id* is not connected.
+        """
+        if peer_id is not None:
+            await self._connection(peer_id).flush()
+            return
+        for conn in list(self._connections.values()):
+            await conn.flush()
+        await trio.lowlevel.checkpoint()
+
+    # ------------------------------------------------------------ counters
+
+    def statistics(self) -> Statistics:
+        """A frozen snapshot of the counters."""
+        totals = Counter(self._counters)
+        for conn in self._connections.values():
+            totals.update(conn.counters())
+        ints = {f.name: totals[f.name] for f in attrs.fields(Statistics) if f.type in (int, "int")}
+        return Statistics(
+            **ints,
+            connections_refused=self._refused,
+            connections_failed=self._failed,
+            datagrams_dropped=self._drops,
+        )
+
+    # ------------------------------------------------------------ serving
+
+    async def _serve(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        nursery = self._nursery
+        nursery.start_soon(self._outlet.run)
+        nursery.start_soon(self._accept_loop)
+        await nursery.start(self._discovery.run)
+        task_status.started()
+
+    async def _accept_loop(self) -> None:
+        while True:
+            try:
+                stream = await self._listener.accept()
+            except OSError as exc:
+                logger.warning("accepting a connection failed: %s", exc)
+                self._outlet.nowait(Error(exc))
+                await trio.sleep(0.1)
+                continue
+            if self._handshakes >= self.config.max_pending_handshakes or self._closing:
+                self._refused["too_many_handshakes" if not self._closing else "closing"] += 1
+                await trio.aclose_forcefully(stream)
+                continue
+            self._nursery.start_soon(self._serve_incoming, stream)
+
+    def _admission(self, hello: Hello) -> tuple[str, str] | PeerConnection | None:
+        """Decide on an incoming hello.
+
+        Returns:
+            None to admit it, an existing connection it replaces, or
+            ``(cause, reason)`` to refuse it.
+        """
+        if hello.node_id == self.peer_id:
+            return ("own_id", "the hello claims this node's own id")
+        existing = self._connections.get(hello.node_id)
+        if existing is not None:
+            if existing.session.peer_nonce != hello.session:
+                return ("id_taken", "that node id is connected from another process")
+            if existing.dialer:
+                return ("duplicate", "already connected (this node dialled)")
+            return existing  # the same process dialled again: its old link is half-open
+        if hello.node_id in self._dialing and self.peer_id < hello.node_id:
+            return ("duplicate", "simultaneous dial: the smaller node id's dial wins")
+        return None
+
+    async def _serve_incoming(self, stream: trio.SocketStream) -> None:
+        self._handshakes += 1
+        try:
+            try:
+                address = stream.socket.getpeername()[0]
+            except OSError:
+                await trio.aclose_forcefully(stream)
+                return
+            conn = await self._accept_handshake(stream, address)
+        finally:
+            self._handshakes -= 1
+        if conn is not None:
+            await self._run_connection(conn)
+
+    async def _accept_handshake(
+        self, stream: trio.SocketStream, address: str
+    ) -> PeerConnection | None:
+        decoder = FrameDecoder(self.config.max_frame_size)
+        cause = reason = ""
+        try:
+            with trio.move_on_after(self.config.handshake_timeout) as scope:
+                hello, pending = await receive_hello(stream, decoder)
+            if scope.cancelled_caught:
+                cause, reason = "handshake_timeout", "no hello within the handshake timeout"
+            else:
+                decision = self._admission(hello)
+                if isinstance(decision, tuple):
+                    cause, reason = decision
+                    code = GoodbyeCode.DUPLICATE if cause == "duplicate" else GoodbyeCode.REFUSED
+                    with trio.move_on_after(self.config.handshake_timeout):
+                        await send_frame(stream, Goodbye(code, reason))
+                else:
+                    if isinstance(decision, PeerConnection):
+                        decision._finish("replaced by a new connection from the same peer")
+                        await decision.finished.wait()
+                    conn = self._new_connection(stream, hello, address, False, decoder, pending)
+                    conn._queue(self._local.hello())
+                    return conn
+        except ProtocolError as exc:
+            cause, reason = "protocol", str(exc)
+        except HandshakeError as exc:
+            cause, reason = "handshake", str(exc)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            cause, reason = "connection_lost", str(exc)
+        self._refused[cause] += 1
+        bad_input.warning("incoming connection from %s refused: %s", address, reason)
+        await trio.aclose_forcefully(stream)
+        return None
+
+    async def _dial(
+        self,
+        host: str,
+        port: int,
+        expected: uuid.UUID | None,
+        *,
+        task_status: trio.TaskStatus[PeerConnection] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        timeout = self.config.handshake_timeout
+        with trio.move_on_after(timeout) as scope:
+            stream = await trio.open_tcp_stream(host, port)
+        if scope.cancelled_caught:
+            raise HandshakeError(f"connecting to {host}:{port} timed out after {timeout:g} s")
+        try:
+            decoder = FrameDecoder(self.config.max_frame_size)
+            with trio.move_on_after(timeout) as scope:
+                await send_frame(stream, self._local.hello())
+                hello, pending = await receive_hello(stream, decoder)
+            if scope.cancelled_caught:
+                raise HandshakeError(f"no answer from {host}:{port} within {timeout:g} s")
+            refusal = None
+            if hello.node_id == self.peer_id:
+                refusal = f"{host}:{port} is this node itself"
+            elif expected is not None and hello.node_id != expected:
+                refusal = f"{host}:{port} is node {hello.node_id}, not {expected}"
+            elif self._find_connection(hello.node_id, host, port) is not None:
+                refusal = "already connected"
+            if refusal is not None:
+                with trio.move_on_after(timeout):
+                    await send_frame(stream, Goodbye(GoodbyeCode.REFUSED, refusal))
+                raise HandshakeError(refusal)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        address = stream.socket.getpeername()[0]
+        conn = self._new_connection(stream, hello, address, True, decoder, pending)
+        task_status.started(conn)
+        await self._run_connection(conn)
+
+    def _new_connection(
+        self,
+        stream: trio.SocketStream,
+        hello: Hello,
+        address: str,
+        dialer: bool,
+        decoder: FrameDecoder,
+        pending: list[Frame],
+    ) -> PeerConnection:
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = PeerConnection(
+            stream,
+            local=self._local,
+            hello=hello,
+            address=address,
+            dialer=dialer,
+            decoder=decoder,
+            pending=pending,
+            events=self._event_send,
+            send_window=self.config.send_window,
+            heartbeat_interval=self.config.heartbeat_interval,
+            heartbeat_timeout=self.config.heartbeat_timeout,
+        )
+        self._connections[hello.node_id] = conn
+        self._registry_changed.unpark_all()
+        return conn
+
+    async def _run_connection(self, conn: PeerConnection) -> None:
+        peer = conn.peer
+        self._counters["connections_accepted"] += 1
+        logger.info("connected to %s (%s) at %s:%d", peer.name, peer.id, peer.address, peer.port)
+        try:
+            await self._outlet.send(PeerConnected(peer))
+            reason = await conn.run()
+        finally:
+            if self._connections.get(peer.id) is conn:
+                del self._connections[peer.id]
+            self._counters.update(conn.counters())
+            if conn.failure is not None:
+                self._failed[conn.failure] += 1
+            self._registry_changed.unpark_all()
+        logger.info("disconnected from %s (%s): %s", peer.name, peer.id, reason)
+        await self._outlet.send(PeerDisconnected(peer, reason))
+        unacked = conn.session.unacknowledged()
+        if unacked:
+            self._counters["messages_undelivered"] += len(unacked)
+            logger.warning(
+                "%d messages to %s were not acknowledged: %s", len(unacked), peer.name, reason
+            )
+            await self._outlet.send(DeliveryFailed(peer, unacked, reason))
+        conn.finished.set()
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        with trio.move_on_after(SHUTDOWN_LIMIT / 2):
+            await self._discovery.send(BeaconKind.GOODBYE)
+            deadline = trio.current_time() + self.config.shutdown_grace
+            for conn in list(self._connections.values()):
+                with trio.move_on_at(deadline):
+                    with contextlib.suppress(PeerNotConnectedError):
+                        await conn.flush()
+        left = sum(c.session.in_flight for c in self._connections.values())
+        if left:
+            logger.warning("leaving with %d messages unacknowledged (use flush())", left)
+        self._outlet.closing = True
+        with trio.move_on_after(SHUTDOWN_LIMIT / 2):
+            async with trio.open_nursery() as nursery:
+                for conn in list(self._connections.values()):
+                    nursery.start_soon(conn.close, "the peer is shutting down")
+                    nursery.start_soon(conn.finished.wait)
+
+
+@asynccontextmanager
+async def open_messenger(name: str, config: Config | None = None) -> AsyncIterator[Messenger]:
+    """Start a messenger: bind its sockets, start its tasks, yield it.
+
+    On exit it says goodbye (beacon and connections), gives unacknowledged
+    messages ``config.shutdown_grace`` to be acknowledged, closes every
+    connection, cancels its tasks and closes the event channel, within about a
+    second.
+
+    Args:
+        name: this node's display name (1-128 UTF-8 bytes of printable text).
+        config: settings; the defaults suit a real LAN.
+
+    Raises:
+        OSError: a socket could not be bound (plain, never in an exception group).
+        ValueError: the name is not valid.
+    """
+    config = config if config is not None else Config()
+    check_name(name)
+    listener = await _open_listener(config)
+    try:
+        discovery_socket = await open_discovery_socket(config)
+    except BaseException:
+        await listener.aclose()
+        raise
+    send, receive = trio.open_memory_channel[Event](config.event_buffer)
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            messenger = Messenger(
+                name, config, nursery, listener, discovery_socket, (send, receive)
+            )
+            try:
+                await nursery.start(messenger._serve)
+                yield messenger
+            except BaseException as exc:  # re-raised below, outside the nursery
+                body_error = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await messenger._shutdown()
+                nursery.cancel_scope.cancel()
+    finally:
+        send.close()
+        discovery_socket.close()
+        await trio.aclose_forcefully(listener)
+    if body_error is not None:
+        raise body_error

@@ -1,0 +1,81 @@
+"""Network interfaces: where to send beacons (ifaddr, plus Linux link flags)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import ifaddr
+
+__all__ = ["broadcast_addresses", "interface_is_up", "local_ipv4_addresses"]
+
+_IFF_UP = 0x1
+_IFF_LOOPBACK = 0x8
+
+
+def _link_flags(name: str) -> int | None:
+    """The interface's flags from sysfs (Linux), or None where they are not readable."""
+    try:
+        return int(Path("/sys/class/net", name, "flags").read_text(), 16)
+    except (OSError, ValueError):
+        return None
+
+
+def interface_is_up(name: str) -> bool:
+    """True unless the system says the interface is down (ifaddr has no such flag)."""
+    flags = _link_flags(name)
+    return flags is None or bool(flags & _IFF_UP)
+
+
+def _ipv4s(adapter: Any) -> Iterable[ipaddress.IPv4Interface]:
+    for ip in adapter.ips:
+        if isinstance(ip.ip, str):
+            try:
+                yield ipaddress.IPv4Interface(f"{ip.ip}/{ip.network_prefix}")
+            except ValueError:
+                continue
+
+
+def broadcast_addresses(
+    adapters: Iterable[Any] | None = None,
+    *,
+    is_up: Callable[[str], bool] = interface_is_up,
+    include_loopback: bool = False,
+) -> tuple[str, ...]:
+    """The broadcast address of every up IPv4 interface, sorted, without repeats.
+
+    Args:
+        adapters: ifaddr adapters to look at (default: this machine's).
+        is_up: tells whether an interface, by name, is up.
+        include_loopback: also list loopback networks (127.255.255.255).
+
+    Point-to-point networks (/31, /32) have no broadcast address and are skipped.
+    """
+    if adapters is None:
+        adapters = ifaddr.get_adapters()
+    found: set[str] = set()
+    for adapter in adapters:
+        if not is_up(adapter.name):
+            continue
+        for interface in _ipv4s(adapter):
+            network = interface.network
+            if network.prefixlen >= 31:
+                continue
+            if interface.ip.is_loopback and not include_loopback:
+                continue
+            found.add(str(network.broadcast_address))
+    return tuple(sorted(found, key=ipaddress.IPv4Address))
+
+
+def local_ipv4_addresses(adapters: Iterable[Any] | None = None) -> tuple[str, ...]:
+    """Every IPv4 address of this machine's up interfaces (for status displays)."""
+    if adapters is None:
+        adapters = ifaddr.get_adapters()
+    return tuple(
+        str(interface.ip)
+        for adapter in adapters
+        if interface_is_up(adapter.name)
+        for interface in _ipv4s(adapter)
+    )
