@@ -308,12 +308,13 @@ async def test_discovery_events_coalesce_while_the_application_is_slow(
     with trio.fail_after(10):
         async with open_messenger("Alice", config) as a:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
                 ids = [uuid.uuid4() for _ in range(50)]
                 for round_ in range(3):
                     for node_id in ids:
                         port = 1000 + round_  # each round changes the port: news each time
                         data = encode_beacon(Beacon(BeaconKind.ANNOUNCE, node_id, "x", port))
-                        sender.sendto(data, ("127.0.0.1", config.discovery_port))
+                        sender.sendto(data, ("127.255.255.255", config.discovery_port))
                 await trio.sleep(0.5)
             # discovery kept going while nobody read: the table is complete
             assert len(a.discovered_peers()) == 50

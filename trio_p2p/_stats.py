@@ -12,7 +12,8 @@ __all__ = ["Statistics"]
 
 
 def _frozen_counts(value: Mapping[str, int]) -> Mapping[str, int]:
-    return MappingProxyType(dict(Counter(value)))
+    # a read-only view of a private Counter copy: a cause never counted reads as 0
+    return MappingProxyType(Counter(value))
 
 
 @attrs.frozen(kw_only=True)
@@ -29,7 +30,8 @@ class Statistics:
         messages_acknowledged: sent messages the peers acknowledged.
         messages_undelivered: messages named in ``DeliveryFailed`` events.
         connections_accepted: connections that completed a handshake.
-        connections_refused: connections closed before or during the handshake, by cause.
+        connections_refused: connections closed before or during the handshake, by cause
+            (each mapping reads 0 for a cause never counted).
         connections_failed: connections ended by a protocol error, by cause.
         datagrams_sent: beacons sent.
         datagram_send_errors: beacons that could not be sent.

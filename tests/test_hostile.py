@@ -1,0 +1,291 @@
+"""Bad input from the network: each offender is dropped and logged, and the
+messenger keeps serving its other peers."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import cbor2
+import pytest
+import trio
+
+from trio_p2p import (
+    Messenger,
+    PeerDisconnected,
+    PeerDiscovered,
+    PeerLost,
+    open_messenger,
+)
+from trio_p2p._codec import FrameDecoder, encode_beacon, encode_data, encode_frame
+from trio_p2p._connection import receive_hello
+from trio_p2p._messages import (
+    PROTOCOL_VERSION,
+    Beacon,
+    BeaconKind,
+    Goodbye,
+    Hello,
+    Message,
+    Text,
+)
+
+from .conftest import ConfigFactory
+from .helpers import connect, texts, wait_for
+
+
+def hello_from(node_id: uuid.UUID, nonce: bytes = b"n" * 16) -> Hello:
+    return Hello(PROTOCOL_VERSION, node_id, nonce, "Mallory", 1234, 1 << 20)
+
+
+async def raw_connection(messenger: Messenger) -> trio.SocketStream:
+    return await trio.open_tcp_stream("127.0.0.1", messenger.tcp_port)
+
+
+async def closed_by_peer(stream: trio.SocketStream) -> bytes:
+    """Read until the messenger closes the connection; return what it sent."""
+    data = b""
+    async with stream:
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:  # reset by peer
+                return data
+            if not chunk:
+                return data
+            data += chunk
+
+
+async def still_serving(a: Messenger, b: Messenger, text: str) -> None:
+    await a.send_text_message(b.peer_id, text)
+    assert await texts(b, 1) == [text]
+    await a.flush(b.peer_id)
+
+
+@pytest.mark.parametrize(
+    ("payload", "cause"),
+    [
+        pytest.param(b"\xff" * 64, "protocol", id="garbage"),
+        pytest.param(struct.pack(">I", 4 * 1024**3 - 1), "protocol", id="4GB-prefix"),
+        pytest.param(struct.pack(">I", 3) + cbor2.dumps([1, 2]), "protocol", id="not-a-map"),
+        pytest.param(
+            encode_data(1, Message(uuid.uuid4(), uuid.uuid4(), "M", 0.0, Text("x"))),
+            "protocol",
+            id="data-before-hello",
+        ),
+    ],
+)
+async def test_bad_first_frames_are_dropped_and_logged(
+    make_config: ConfigFactory,
+    caplog: pytest.LogCaptureFixture,
+    payload: bytes,
+    cause: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_p2p")
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config()) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            await connect(a, b)
+            stream = await raw_connection(a)
+            await stream.send_all(payload)
+            await closed_by_peer(stream)
+            assert a.statistics().connections_refused[cause] == 1
+            assert any("127.0.0.1" in r.getMessage() for r in caplog.records)
+            await still_serving(b, a, "still here")
+
+
+async def test_silent_connection_is_dropped_after_the_handshake_timeout(
+    make_config: ConfigFactory,
+) -> None:
+    config = make_config(handshake_timeout=0.5)
+    with trio.fail_after(10):
+        async with open_messenger("Alice", config) as a:
+            stream = await raw_connection(a)
+            start = trio.current_time()
+            await closed_by_peer(stream)
+            assert 0.5 <= trio.current_time() - start < 1.5
+            assert a.statistics().connections_refused["handshake_timeout"] == 1
+
+
+async def test_too_many_pending_handshakes_are_refused(make_config: ConfigFactory) -> None:
+    config = make_config(max_pending_handshakes=3, handshake_timeout=2)
+    with trio.fail_after(10):
+        async with open_messenger("Alice", config) as a, open_messenger("Bob", make_config()) as b:
+            silent = [await raw_connection(a) for _ in range(3)]
+            await trio.sleep(0.2)
+            extra = await raw_connection(a)
+            await closed_by_peer(extra)
+            assert a.statistics().connections_refused["too_many_handshakes"] >= 1
+            for stream in silent:
+                await stream.aclose()
+            await trio.sleep(0.1)
+            # once they are gone, real peers connect again
+            await connect(b, a)
+
+
+async def test_wrong_frame_type_after_the_handshake_ends_only_that_connection(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_p2p")
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config()) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            await connect(a, b)
+            mallory = uuid.uuid4()
+            stream = await raw_connection(a)
+            await stream.send_all(encode_frame(hello_from(mallory)))
+            hello, _ = await receive_hello(stream, FrameDecoder(1 << 20))
+            assert hello.node_id == a.peer_id
+            await stream.send_all(encode_frame(hello_from(mallory)))  # a second hello
+            await closed_by_peer(stream)
+            event = await wait_for(a, PeerDisconnected, peer=mallory)
+            assert "protocol error" in event.reason
+            assert a.statistics().connections_failed["protocol"] == 1
+            await still_serving(b, a, "unharmed")
+
+
+async def test_hello_with_this_nodes_own_id_is_refused(make_config: ConfigFactory) -> None:
+    with trio.fail_after(10):
+        async with open_messenger("Alice", make_config()) as a:
+            stream = await raw_connection(a)
+            await stream.send_all(encode_frame(hello_from(a.peer_id)))
+            reply = FrameDecoder(1 << 20).feed(await closed_by_peer(stream))
+            assert isinstance(reply[0], Goodbye)
+            assert reply[0].code == "refused"
+            assert a.statistics().connections_refused["own_id"] == 1
+            assert a.connected_peers() == []
+
+
+async def test_no_one_can_take_over_a_connected_peers_slot(make_config: ConfigFactory) -> None:
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config()) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            await connect(a, b)
+            stream = await raw_connection(a)
+            # claims Bob's id, from another "process" (another nonce)
+            await stream.send_all(encode_frame(hello_from(b.peer_id, nonce=os.urandom(16))))
+            reply = FrameDecoder(1 << 20).feed(await closed_by_peer(stream))
+            assert isinstance(reply[0], Goodbye)
+            assert a.statistics().connections_refused["id_taken"] == 1
+            assert [p.id for p in a.connected_peers()] == [b.peer_id]
+            await still_serving(b, a, "the real Bob")
+
+
+async def test_forged_sender_id_ends_the_connection(make_config: ConfigFactory) -> None:
+    with trio.fail_after(10):
+        async with open_messenger("Alice", make_config()) as a:
+            mallory = uuid.uuid4()
+            stream = await raw_connection(a)
+            await stream.send_all(encode_frame(hello_from(mallory)))
+            await receive_hello(stream, FrameDecoder(1 << 20))
+            forged = Message(uuid.uuid4(), uuid.uuid4(), "Bob", 0.0, Text("trust me"))
+            await stream.send_all(encode_data(1, forged))
+            event = await wait_for(a, PeerDisconnected, peer=mallory)
+            assert "claims sender" in event.reason
+            await closed_by_peer(stream)
+
+
+async def test_malformed_and_spoofed_beacons(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_p2p.discovery")
+    config = make_config(max_peers_per_address=4)
+    with trio.fail_after(10):
+        async with open_messenger("Alice", config) as a, open_messenger("Bob", config) as b:
+            await connect(a, b)
+            # broadcast, as beacons are: every node on the port hears it (a unicast
+            # datagram would reach only one of the sockets sharing the port)
+            target = ("127.255.255.255", config.discovery_port)
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                for junk in (b"\x00\x01\x02\x03", b"", os.urandom(600), b"\xa1\x61m\x44TP2P"):
+                    udp.sendto(junk, target)
+                # a beacon pretending to be Alice herself
+                udp.sendto(
+                    encode_beacon(Beacon(BeaconKind.ANNOUNCE, a.peer_id, "Alice", 1)), target
+                )
+                # a flood of ids from one address
+                for _ in range(200):
+                    udp.sendto(
+                        encode_beacon(Beacon(BeaconKind.ANNOUNCE, uuid.uuid4(), "F", 9)), target
+                    )
+                # a spoofed goodbye for Bob drops him from discovery, not the connection
+                udp.sendto(encode_beacon(Beacon(BeaconKind.GOODBYE, b.peer_id, "Bob", 1)), target)
+            await trio.sleep(0.3)
+            stats = a.statistics()
+            assert stats.datagrams_dropped["malformed"] >= 4
+            assert stats.datagrams_dropped["own"] >= 1
+            flood = [p for p in a.discovered_peers() if p.name == "F"]
+            assert len(flood) <= 4  # the per-address cap held
+            assert a.peer_id not in {p.id for p in a.discovered_peers()}
+            assert [p.id for p in a.connected_peers()] == [b.peer_id]
+            assert any("malformed beacon" in r.getMessage() for r in caplog.records)
+            # the log is rate-limited: far fewer warnings than bad datagrams
+            assert len(caplog.records) <= 12
+            await still_serving(b, a, "after the flood")
+
+
+PEER_SCRIPT = textwrap.dedent(
+    """
+    import sys, trio, trio_p2p
+
+    async def main():
+        config = trio_p2p.Config(
+            discovery_port=int(sys.argv[1]), tcp_port=0,
+            broadcast_addresses=("127.255.255.255",), announce_interval=0.2,
+            peer_timeout=1.0, heartbeat_interval=0.2, heartbeat_timeout=1.0)
+        async with trio_p2p.open_messenger("Victim", config) as m:
+            print(m.peer_id, flush=True)
+            await trio.sleep_forever()
+
+    trio.run(main)
+    """
+)
+
+
+async def test_peer_killed_without_goodbye_is_disconnected_then_lost(
+    make_config: ConfigFactory,
+) -> None:
+    config = make_config()
+    with trio.fail_after(20):
+        async with open_messenger("Alice", config) as a:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-c", PEER_SCRIPT, str(config.discovery_port)],
+                stdout=subprocess.PIPE,
+            )
+            try:
+                assert proc.stdout is not None
+                line = b""
+                while not line.endswith(b"\n"):
+                    chunk = await proc.stdout.receive_some(100)
+                    assert chunk, "the peer process exited early"
+                    line += chunk
+                victim = uuid.UUID(line.decode().strip())
+                found = await wait_for(a, PeerDiscovered, peer=victim)
+                await a.connect_to_peer(found.peer)
+                proc.send_signal(signal.SIGKILL)
+                killed_at = trio.current_time()
+                gone = await wait_for(a, PeerDisconnected, peer=victim)
+                assert trio.current_time() - killed_at <= config.heartbeat_timeout + 0.5
+                assert gone.reason
+                await wait_for(a, PeerLost, peer=victim)
+                lost_after = trio.current_time() - killed_at
+                assert lost_after <= config.peer_timeout + config.announce_interval + 0.5
+                assert victim not in {p.id for p in a.connected_peers()}
+            finally:
+                proc.kill()
+                await proc.wait()
+                if proc.stdout is not None:
+                    await proc.stdout.aclose()
