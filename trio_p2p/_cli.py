@@ -1,0 +1,165 @@
+"""The command-line tool, ``python -m trio_p2p`` (public API only).
+
+For now it has the demo; the interactive menu and the scripting commands
+come next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+import time
+from collections.abc import Sequence
+
+import trio
+
+from . import (
+    Config,
+    MessageReceived,
+    Messenger,
+    PeerConnected,
+    PeerDiscovered,
+    Text,
+    __version__,
+    open_messenger,
+)
+
+__all__ = ["main"]
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _wait_discovered(messenger: Messenger, name: str) -> PeerDiscovered:
+    async for event in messenger.events:
+        if isinstance(event, PeerDiscovered) and event.peer.name == name:
+            return event
+    raise RuntimeError("event channel closed")
+
+
+async def _wait_connected(messenger: Messenger) -> PeerConnected:
+    async for event in messenger.events:
+        if isinstance(event, PeerConnected):
+            return event
+    raise RuntimeError("event channel closed")
+
+
+async def _receive_texts(messenger: Messenger, count: int) -> list[MessageReceived]:
+    received = []
+    async for event in messenger.events:
+        if isinstance(event, MessageReceived):
+            received.append(event)
+            if len(received) == count:
+                break
+    return received
+
+
+async def run_demo(burst: int = 10_000) -> int:
+    """Two messengers on loopback find each other, connect and talk.
+
+    Everything stays on this machine: beacons go to 127.255.255.255 on a private
+    discovery port.
+
+    Args:
+        burst: how many messages the speed part of the demo sends.
+
+    Returns:
+        The exit status: 0 if every step worked.
+    """
+    config = Config(
+        discovery_port=_free_udp_port(),
+        tcp_port=0,
+        broadcast_addresses=("127.255.255.255",),
+        announce_interval=0.25,
+    )
+    print(
+        f"trio_p2p {__version__} demo: two nodes on loopback, discovery port "
+        f"{config.discovery_port}, broadcast to 127.255.255.255"
+    )
+    started = time.perf_counter()
+    async with open_messenger("Alice", config) as alice, open_messenger("Bob", config) as bob:
+        for node in (alice, bob):
+            print(f"  {node.peer_name}: id {node.peer_id}, TCP port {node.tcp_port}")
+        found = await _wait_discovered(alice, "Bob")
+        print(
+            f"Alice discovered Bob at {found.peer.address}:{found.peer.port} "
+            f"({time.perf_counter() - started:.2f} s after start)"
+        )
+        await alice.connect_to_peer(found.peer)
+        await _wait_connected(alice)
+        connected = await _wait_connected(bob)
+        print(f"Bob sees {connected.peer.name} connected")
+
+        greeting = await alice.send_text_message(bob.peer_id, "Hello, Bob!")
+        [event] = await _receive_texts(bob, 1)
+        assert isinstance(event.message.content, Text)
+        print(
+            f"Bob received from {event.message.sender_name}: {event.message.content.text!r} "
+            f"(id {greeting.id})"
+        )
+        await bob.send_text_message(alice.peer_id, "Hi Alice, got it.")
+        [event] = await _receive_texts(alice, 1)
+        assert isinstance(event.message.content, Text)
+        print(f"Alice received from {event.message.sender_name}: {event.message.content.text!r}")
+
+        # a burst, to show ordering, acknowledgement and speed
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            got: list[MessageReceived] = []
+
+            async def collect() -> None:
+                got.extend(await _receive_texts(bob, burst))
+
+            nursery.start_soon(collect)
+            for i in range(burst):
+                try:
+                    alice.send_text_message_nowait(bob.peer_id, f"message {i}")
+                except trio.WouldBlock:
+                    await alice.send_text_message(bob.peer_id, f"message {i}")
+            await alice.flush(bob.peer_id)
+        elapsed = time.perf_counter() - t0
+        in_order = [e.message.content == Text(f"message {i}") for i, e in enumerate(got)]
+        print(
+            f"Alice sent {burst} messages; Bob received {len(got)}, "
+            f"{'all in order' if all(in_order) else 'OUT OF ORDER'}, all acknowledged, "
+            f"in {elapsed:.2f} s ({burst / elapsed:,.0f} msg/s)"
+        )
+        stats = alice.statistics()
+        ok = len(got) == burst and all(in_order) and stats.messages_acknowledged == burst + 1
+    print(
+        f"Summary: discovery, connection and {burst + 2} messages in "
+        f"{time.perf_counter() - started:.2f} s; both nodes said goodbye. "
+        f"{'OK' if ok else 'FAILED'}"
+    )
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m trio_p2p``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_p2p",
+        description="Peer-to-peer messaging on a local network, built on Trio.",
+    )
+    parser.add_argument("--version", action="version", version=f"trio_p2p {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log to stderr (-v: info, -vv: debug)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("demo", help="two nodes on loopback discover each other and talk")
+    args = parser.parse_args(argv)
+    if args.verbose:
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        )
+    try:
+        return trio.run(run_demo)
+    except KeyboardInterrupt:
+        return 130
