@@ -273,3 +273,16 @@ def test_beacon_kinds_have_short_wire_values() -> None:
     assert [k.value for k in BeaconKind] == ["a", "r", "g"]
     hello = Hello(PROTOCOL_VERSION, uuid.UUID(int=1), b"n" * 16, "A", 1, 1024)
     assert cbor2.loads(encode_frame(hello)[4:])["t"] == "h"
+
+
+def test_message_ids_are_random_version_4_uuids() -> None:
+    from trio_p2p._codec import MessageIds
+
+    ids = MessageIds()
+    drawn = [ids.new() for _ in range(1000)]  # crosses several pool refills
+    assert len(set(drawn)) == 1000
+    for value in drawn:
+        assert value.version == 4
+        assert value.variant == uuid.RFC_4122
+        assert uuid.UUID(bytes=value.bytes) == value
+        assert hash(value) == hash(uuid.UUID(str(value)))

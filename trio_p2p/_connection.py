@@ -12,7 +12,6 @@ connection, closes a silent one).
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from ._codec import FrameDecoder, encode_data, encode_frame
+from ._codec import FrameDecoder, MessageIds, encode_data, encode_frame
 from ._errors import DeliveryError, HandshakeError, PeerNotConnectedError, ProtocolError
 from ._events import Event, MessageReceived, PeerInfo
 from ._log import RateLimitedWarnings, get_logger
@@ -50,6 +49,13 @@ RECEIVE_SIZE = 256 * 1024
 COALESCE_LIMIT = 256 * 1024
 #: While the application holds the reader back, acknowledge every this many messages.
 ACK_WHILE_BLOCKED = 64
+#: A reader held back by a full event channel of at least this capacity, once
+#: it could deliver again, waits for the application to take about half of the
+#: channel (estimated at CATCH_UP_PER_EVENT seconds an event, at most
+#: CATCH_UP_LIMIT) before delivering more, so it is not woken once per event.
+CATCH_UP_MIN_BUFFER = 64
+CATCH_UP_PER_EVENT = 0.5e-6
+CATCH_UP_LIMIT = 0.001
 #: How long a deliberate close waits for the goodbye to be written.
 CLOSE_TIMEOUT = 1.0
 
@@ -168,11 +174,13 @@ class PeerConnection:
         )
         self.session = Session(hello.node_id, hello.session, send_window)
         self._decoder = decoder
+        decoder.expect_sender(hello.node_id)
         self._pending = pending
         self._events = events
         self._heartbeat_interval = heartbeat_interval
         self._heartbeat_timeout = heartbeat_timeout
         self._max_body = min(hello.max_frame_size, local.max_frame_size)
+        self._ids = MessageIds()
         self._outgoing = bytearray()
         self._writer_lot = trio.lowlevel.ParkingLot()
         #: woken on every acknowledgement and when the connection ends
@@ -183,6 +191,7 @@ class PeerConnection:
         self.finished = trio.Event()
         self._closing = False
         self._close_reason = ""
+        self._ack_wanted = False
         self._reader_blocked = False
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
@@ -225,7 +234,7 @@ class PeerConnection:
         if session.window_full:
             raise trio.WouldBlock
         message = Message(
-            uuid.UUID(bytes=os.urandom(16), version=4),
+            self._ids.new(),
             self.local.node_id,
             self.local.name,
             time.time(),
@@ -335,10 +344,18 @@ class PeerConnection:
 
     # ------------------------------------------------------------ tasks
 
+    def _want_ack(self) -> None:
+        # The writer adds the ack when it next writes, so that an answer the
+        # application queues meanwhile travels in the same write.
+        self._ack_wanted = True
+        if self._writer_lot:
+            self._writer_lot.unpark()
+
     async def _write_loop(self) -> None:
         stream = self.stream
+        session = self.session
         while True:
-            if not self._outgoing:
+            if not self._outgoing and not self._ack_wanted:
                 if self._closing:
                     raise _Ended(f"closed by this node: {self._close_reason}")
                 await self._writer_lot.park()
@@ -351,6 +368,11 @@ class PeerConnection:
                 if grown == size:
                     break
                 size = grown
+            if self._ack_wanted:
+                self._ack_wanted = False
+                ack = session.ack_due()
+                if ack is not None:
+                    self._queue(Ack(ack))
             data = self._outgoing
             self._outgoing = bytearray()
             self._last_sent = trio.current_time()
@@ -373,15 +395,15 @@ class PeerConnection:
             self.bytes_received += len(data)
             for frame in decoder.feed(data):
                 await self._handle(frame)
-            ack = session.ack_due()
-            if ack is not None:
-                self._queue(Ack(ack))
+            if session.last_received > session.last_ack_sent:
+                self._want_ack()
 
     async def _handle(self, frame: Frame) -> None:
         self.frames_received += 1
         if type(frame) is Data:
             message = frame.message
-            if message.sender_id != self.peer_id:
+            sender = message.sender_id
+            if sender is not self.peer_id and sender != self.peer_id:
                 raise ProtocolError(
                     f"message claims sender {message.sender_id}, the handshake said {self.peer_id}"
                 )
@@ -395,12 +417,16 @@ class PeerConnection:
                 # and then, not on every event it takes (that would be an ack per
                 # message); the end of the read batch acknowledges the rest. Liveness
                 # is not judged while this reader is held back.
-                ack = session.ack_due(ACK_WHILE_BLOCKED)
-                if ack is not None:
-                    self._queue(Ack(ack))
+                if session.last_received - session.last_ack_sent >= ACK_WHILE_BLOCKED:
+                    self._want_ack()
                 self._reader_blocked = True
                 try:
                     await self._events.send(event)
+                    # Let the application catch up before delivering more: waking this
+                    # reader for every event it takes nearly doubles the cost of each.
+                    capacity = self._events.statistics().max_buffer_size
+                    if capacity >= CATCH_UP_MIN_BUFFER:
+                        await trio.sleep(min(CATCH_UP_LIMIT, capacity * CATCH_UP_PER_EVENT))
                 finally:
                     self._reader_blocked = False
                     self._last_received = trio.current_time()

@@ -106,7 +106,7 @@ class Hello:
     capabilities: tuple[str, ...] = ()
 
 
-@attrs.frozen
+@attrs.define
 class Data:
     """A :class:`Message` with its sequence number in the session (wire tag ``"m"``).
 

@@ -88,14 +88,9 @@ class Session:
         """Record that message *seq* was delivered to the application."""
         self.last_received = seq
 
-    def ack_due(self, at_least: int = 1) -> int | None:
-        """The number to acknowledge now, if any.
-
-        Returns:
-            The highest number delivered, or None if fewer than *at_least*
-            messages were delivered since the last acknowledgement.
-        """
-        if self.last_received - self.last_ack_sent >= at_least:
+    def ack_due(self) -> int | None:
+        """The number to acknowledge now, or None if the peer already knows it."""
+        if self.last_received > self.last_ack_sent:
             self.last_ack_sent = self.last_received
             return self.last_received
         return None
