@@ -107,24 +107,23 @@ class PeerTable:
         """Record an announcement heard from *address*."""
         old = self._peers.get(node_id)
         peer = PeerInfo(id=node_id, name=name, address=address, port=port, last_seen=now)
-        if old is not None:
-            changed = (old.address, old.port, old.name) != (address, port, name)
-            if old.address != address:
-                self.remove(node_id)
-            self._add(peer)
-            return Observation(peer, news=changed)
-        evicted = None
-        same_address = self._by_address.get(address, set())
-        if len(same_address) >= self.per_address:
-            candidates = [self._peers[i] for i in same_address if not self.is_connected(i)]
-            if not candidates:
-                return Observation(None, dropped="per_address_cap")
-            evicted = min(candidates, key=lambda p: p.last_seen)
-            self.remove(evicted.id)
-        elif len(self._peers) >= self.capacity:
+        if old is None and len(self._peers) >= self.capacity:
             return Observation(None, dropped="table_full")
+        evicted = None
+        if old is None or old.address != address:
+            # A newcomer, or a known peer moving here: the address must have room.
+            same_address = self._by_address.get(address, set())
+            if len(same_address) >= self.per_address:
+                candidates = [self._peers[i] for i in same_address if not self.is_connected(i)]
+                if not candidates:
+                    return Observation(None, dropped="per_address_cap")
+                evicted = min(candidates, key=lambda p: p.last_seen)
+                self.remove(evicted.id)
+            if old is not None:
+                self.remove(node_id)
         self._add(peer)
-        return Observation(peer, news=True, evicted=evicted)
+        news = old is None or (old.address, old.port, old.name) != (address, port, name)
+        return Observation(peer, news=news, evicted=evicted)
 
     def expire(self, now: float) -> list[PeerInfo]:
         """Remove and return every entry not heard for ``timeout`` seconds."""
