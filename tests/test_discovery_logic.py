@@ -245,3 +245,29 @@ async def test_a_request_makes_the_node_announce_early(
             await trio.sleep(3)  # well before the next interval
             assert len(sock.sent) == before + 1
             nursery.cancel_scope.cancel()
+
+
+async def test_interfaces_are_re_read_every_few_intervals(
+    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.testing.MockClock
+) -> None:
+    from trio_p2p import _discovery
+
+    current = ["10.1.255.255"]
+    monkeypatch.setattr(_discovery, "broadcast_addresses", lambda: tuple(current))
+    with trio.fail_after(60):
+        discovery, _notes, sock, _ = make_discovery(
+            broadcast_addresses=None,
+            announce_interval=1,
+            peer_timeout=3,
+            interface_refresh_intervals=3,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(discovery.run)
+            await trio.sleep(2.5)
+            assert {a for _, (a, _port) in sock.sent} == {"10.1.255.255"}
+            current[:] = ["10.2.255.255", "10.3.255.255"]  # an interface came and went
+            sock.sent.clear()
+            await trio.sleep(4)
+            assert discovery.targets == ("10.2.255.255", "10.3.255.255")
+            assert {a for _, (a, _port) in sock.sent[-2:]} == {"10.2.255.255", "10.3.255.255"}
+            nursery.cancel_scope.cancel()

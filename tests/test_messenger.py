@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 
 import pytest
@@ -332,3 +333,38 @@ async def test_discovery_events_coalesce_while_the_application_is_slow(
 
 def test_text_content_is_a_frozen_record() -> None:
     assert Text("a") == Text("a")
+
+
+async def test_broadcast_reaches_every_connected_peer(make_config: ConfigFactory) -> None:
+    config = make_config()
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", config) as a,
+            open_messenger("Bob", config) as b,
+            open_messenger("Carol", config) as c,
+        ):
+            await a.connect_to_peer(("127.0.0.1", b.tcp_port))
+            await a.connect_to_peer(("127.0.0.1", c.tcp_port))
+            sent = await a.broadcast_text_message("to all")
+            assert len(sent) == 2
+            assert await texts(b, 1) == ["to all"]
+            assert await texts(c, 1) == ["to all"]
+            await a.flush()
+
+
+async def test_leaving_with_unacknowledged_messages_warns_and_counts(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_p2p")
+    with trio.fail_after(10):
+        async with open_messenger("Bob", make_config(event_buffer=2)) as b:
+            async with open_messenger("Alice", make_config()) as a:
+                await connect(a, b)
+                for i in range(40):
+                    a.send_text_message_nowait(b.peer_id, str(i))
+                # Bob's application reads nothing; Alice leaves without flush()
+                await trio.sleep(0.2)
+                start = trio.current_time()
+            assert trio.current_time() - start < 1.0
+            assert a.statistics().messages_undelivered > 0
+            assert any("unacknowledged" in r.getMessage() for r in caplog.records)
