@@ -262,3 +262,14 @@ async def test_stream_cut_anywhere_in_long_runs(limit: int, count: int) -> None:
     with trio.fail_after(30):
         sent, received, unacked = await run_cut(limit, count)
         check_no_silent_loss(sent, received, unacked)
+
+
+async def test_message_with_another_sender_name_is_a_protocol_error() -> None:
+    with trio.fail_after(5):
+        sa, sb = trio.testing.memory_stream_pair()
+        alice, bob = node("Alice"), node("Bob")
+        b = make_side(sb, bob, alice, dialer=False)
+        renamed = Message(uuid.uuid4(), alice.node_id, "Admin", 0.0, Text("hi"))
+        await sa.send_all(encode_data(1, renamed))
+        reason = await b.conn.run()
+        assert "sender name" in reason

@@ -289,3 +289,25 @@ async def test_peer_killed_without_goodbye_is_disconnected_then_lost(
                 await proc.wait()
                 if proc.stdout is not None:
                     await proc.stdout.aclose()
+
+
+async def test_version_mismatch_is_refused_with_a_reason(make_config: ConfigFactory) -> None:
+    with trio.fail_after(10):
+        async with open_messenger("Alice", make_config()) as a:
+            stream = await raw_connection(a)
+            payload = {
+                "t": "h",
+                "v": 99,
+                "id": uuid.uuid4().bytes,
+                "s": b"s" * 16,
+                "n": "Z",
+                "p": 1,
+                "x": 65536,
+                "c": [],
+            }
+            body = cbor2.dumps(payload)
+            await stream.send_all(struct.pack(">I", len(body)) + body)
+            reply = FrameDecoder(1 << 20).feed(await closed_by_peer(stream))
+            assert isinstance(reply[0], Goodbye)
+            assert reply[0].code == "protocol"
+            assert "version 99" in reply[0].reason

@@ -368,3 +368,76 @@ async def test_leaving_with_unacknowledged_messages_warns_and_counts(
             assert trio.current_time() - start < 1.0
             assert a.statistics().messages_undelivered > 0
             assert any("unacknowledged" in r.getMessage() for r in caplog.records)
+
+
+async def test_leaving_while_a_peer_reads_nothing_still_reports_every_message(
+    make_config: ConfigFactory,
+) -> None:
+    big = "x" * 65536
+    with trio.fail_after(20):
+        async with open_messenger("Bob", make_config(event_buffer=1)) as b:
+            async with open_messenger("Alice", make_config(send_window=256)) as a:
+                await connect(a, b)
+                for _ in range(256):  # far more than the socket buffers hold
+                    a.send_text_message_nowait(b.peer_id, big)
+                await trio.sleep(0.3)
+                start = trio.current_time()
+            # grace + close phase, even though Alice's writer is stuck
+            assert trio.current_time() - start < a.config.shutdown_grace + 0.5 + 0.3
+            stats = a.statistics()
+            assert stats.messages_undelivered > 0
+            assert stats.messages_undelivered + stats.messages_acknowledged == 256
+            left = [e async for e in a.events]
+            assert any(isinstance(e, PeerDisconnected) for e in left)
+            failed = [e for e in left if isinstance(e, DeliveryFailed)]
+            assert len(failed) == 1
+            assert len(failed[0].messages) == stats.messages_undelivered
+
+
+async def test_incoming_connection_completes_while_the_event_channel_is_full(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(15):
+        async with (
+            open_messenger("Bob", make_config(event_buffer=1, handshake_timeout=1)) as b,
+            open_messenger("Carol", make_config()) as c,
+            open_messenger("Alice", make_config(handshake_timeout=1)) as a,
+        ):
+            await c.connect_to_peer(("127.0.0.1", b.tcp_port))
+            await trio.sleep(0.3)  # Bob's application reads nothing: his channel is full
+            info = await a.connect_to_peer(("127.0.0.1", b.tcp_port))
+            assert info.id == b.peer_id
+            await a.send_text_message(b.peer_id, "queued behind the backlog")
+            # Bob's events come in order once he reads: connected before the message
+            seen = []
+            async for event in b.events:
+                seen.append(event)
+                if isinstance(event, MessageReceived):
+                    break
+            alice_connected = next(
+                i
+                for i, e in enumerate(seen)
+                if isinstance(e, PeerConnected) and e.peer.id == a.peer_id
+            )
+            assert alice_connected < len(seen) - 1
+
+
+async def test_disconnect_from_the_event_reader_does_not_deadlock(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config(event_buffer=1)) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            await a.connect_to_peer(("127.0.0.1", b.tcp_port))
+            for i in range(10):
+                await b.send_text_message(a.peer_id, str(i))
+            await trio.sleep(0.2)  # Alice's channel is full
+            await a.disconnect_peer(b.peer_id)  # from the task that reads events
+            assert a.connected_peers() == []
+            # the end is reported on the channel once the application reads again
+            events = await drain(a, 0.5)
+            gone = [e for e in events if isinstance(e, PeerDisconnected)]
+            assert [e.peer.id for e in gone] == [b.peer_id]
+            assert "disconnected by the application" in gone[0].reason

@@ -64,7 +64,8 @@ class Config:
         send_window: messages sent to one peer and not yet acknowledged, at most.
         event_buffer: capacity of the event channel.
         shutdown_grace: seconds leaving ``open_messenger`` waits for unacknowledged
-            messages to be acknowledged before closing.
+            messages to be acknowledged before closing the connections (which then
+            takes at most half a second more).
     """
 
     discovery_port: int = attrs.field(default=6968, validator=_port)
@@ -83,12 +84,12 @@ class Config:
     max_frame_size: int = attrs.field(default=8 * 1024 * 1024, validator=_at_least_one)
     send_window: int = attrs.field(default=4096, validator=_at_least_one)
     event_buffer: int = attrs.field(default=1024, validator=_at_least_one)
-    shutdown_grace: float = attrs.field(default=0.5, validator=attrs.validators.ge(0))
+    shutdown_grace: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.announce_interval:
             raise ValueError("Config.peer_timeout must be longer than announce_interval")
         if self.heartbeat_timeout <= self.heartbeat_interval:
             raise ValueError("Config.heartbeat_timeout must be longer than heartbeat_interval")
-        if self.max_frame_size < 1024:
-            raise ValueError("Config.max_frame_size must be at least 1024 bytes")
+        if not 1024 <= self.max_frame_size <= 2**32 - 1:
+            raise ValueError("Config.max_frame_size must be between 1024 and 2**32 - 1 bytes")

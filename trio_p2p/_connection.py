@@ -189,6 +189,9 @@ class PeerConnection:
         self._done = trio.Event()
         #: set by the owner once the end of the connection has been reported
         self.finished = trio.Event()
+        #: whether the application was told of this connection (see run's announce)
+        self.announced = False
+        self._announce: Callable[[], Awaitable[None]] | None = None
         self._closing = False
         self._close_reason = ""
         self._ack_wanted = False
@@ -292,8 +295,15 @@ class PeerConnection:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self) -> str:
-        """Serve the connection until it ends; return the reason it ended."""
+    async def run(self, announce: Callable[[], Awaitable[None]] | None = None) -> str:
+        """Serve the connection until it ends; return the reason it ended.
+
+        Args:
+            announce: awaited before the first frame is read, so that whatever
+                it emits (``PeerConnected``) comes before this connection's
+                messages. The writer and the heartbeat run meanwhile.
+        """
+        self._announce = announce
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
@@ -313,6 +323,10 @@ class PeerConnection:
         if self.reason is None:
             self.reason = reason
         self._scope.cancel()
+
+    async def wait_ended(self) -> None:
+        """Return once :meth:`run` has ended and the stream is closed."""
+        await self._done.wait()
 
     async def close(self, reason: str) -> None:
         """Say goodbye with *reason*, then close (waits at most ``CLOSE_TIMEOUT``)."""
@@ -380,6 +394,14 @@ class PeerConnection:
             self.bytes_sent += len(data)
 
     async def _read_loop(self) -> None:
+        if self._announce is not None:
+            self._reader_blocked = True  # held back by the application, not the peer
+            try:
+                await self._announce()
+            finally:
+                self._reader_blocked = False
+                self._last_received = trio.current_time()
+        self.announced = True
         for frame in self._pending:
             await self._handle(frame)
         self._pending = []
@@ -406,6 +428,11 @@ class PeerConnection:
             if sender is not self.peer_id and sender != self.peer_id:
                 raise ProtocolError(
                     f"message claims sender {message.sender_id}, the handshake said {self.peer_id}"
+                )
+            if message.sender_name != self.hello.name:
+                raise ProtocolError(
+                    f"message claims sender name {message.sender_name!r}, the handshake said "
+                    f"{self.hello.name!r}"
                 )
             session = self.session
             session.check_incoming(frame.seq)

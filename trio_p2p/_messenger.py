@@ -38,8 +38,10 @@ __all__ = ["Messenger", "open_messenger"]
 logger = get_logger("messenger")
 bad_input = RateLimitedWarnings(logger)
 
-#: How long the whole of leaving ``open_messenger`` may take, at most.
-SHUTDOWN_LIMIT = 1.0
+#: Leaving ``open_messenger`` closes the connections within this many seconds
+#: (after ``Config.shutdown_grace``); connections still open then are cancelled,
+#: and their end is still reported.
+CLOSE_PHASE = 0.5
 
 
 class _Outlet:
@@ -276,14 +278,17 @@ class Messenger:
     async def disconnect_peer(self, peer_id: uuid.UUID) -> None:
         """Close the connection to *peer_id* with a goodbye.
 
-        Returns once its :class:`~trio_p2p.PeerDisconnected` event is emitted.
+        Returns once the connection is closed; its
+        :class:`~trio_p2p.PeerDisconnected` event (and a
+        :class:`~trio_p2p.DeliveryFailed` for what was not acknowledged) follows
+        on the event channel. It does not wait for them to be placed there, so it
+        is safe to call from the task that reads the events.
 
         Raises:
             PeerNotConnectedError: no live connection to that peer.
         """
         conn = self._connection(peer_id)
         await conn.close("disconnected by the application")
-        await conn.finished.wait()
 
     # ------------------------------------------------------------ sending
 
@@ -444,12 +449,16 @@ class Messenger:
                 else:
                     if isinstance(decision, PeerConnection):
                         decision._finish("replaced by a new connection from the same peer")
-                        await decision.finished.wait()
+                        # its end is reported first, unless the application is far behind
+                        with trio.move_on_after(self.config.handshake_timeout):
+                            await decision.finished.wait()
                     conn = self._new_connection(stream, hello, address, False, decoder, pending)
                     conn._queue(self._local.hello())
                     return conn
         except ProtocolError as exc:
             cause, reason = "protocol", str(exc)
+            with trio.move_on_after(min(1.0, self.config.handshake_timeout)):
+                await send_frame(stream, Goodbye(GoodbyeCode.PROTOCOL, reason[:1000]))
         except HandshakeError as exc:
             cause, reason = "handshake", str(exc)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -530,40 +539,61 @@ class Messenger:
         self._counters["connections_accepted"] += 1
         logger.info("connected to %s (%s) at %s:%d", peer.name, peer.id, peer.address, peer.port)
         try:
-            await self._outlet.send(PeerConnected(peer))
-            reason = await conn.run()
-        finally:
-            if self._connections.get(peer.id) is conn:
-                del self._connections[peer.id]
-            self._counters.update(conn.counters())
-            if conn.failure is not None:
-                self._failed[conn.failure] += 1
-            self._registry_changed.unpark_all()
-        logger.info("disconnected from %s (%s): %s", peer.name, peer.id, reason)
-        await self._outlet.send(PeerDisconnected(peer, reason))
+            await conn.run(announce=lambda: self._outlet.send(PeerConnected(peer)))
+        except BaseException:
+            # Cancelled (shutdown, or the application's own scope): still report the
+            # end, without waiting for room in the event channel.
+            await self._report_end(conn, wait=False)
+            raise
+        await self._report_end(conn, wait=True)
+
+    async def _report_end(self, conn: PeerConnection, *, wait: bool) -> None:
+        peer = conn.peer
+        reason = conn.reason or "the connection was cancelled"
+        if self._connections.get(peer.id) is conn:
+            del self._connections[peer.id]
+        self._counters.update(conn.counters())
+        if conn.failure is not None:
+            self._failed[conn.failure] += 1
+        self._registry_changed.unpark_all()
         unacked = conn.session.unacknowledged()
         if unacked:
             self._counters["messages_undelivered"] += len(unacked)
             logger.warning(
                 "%d messages to %s were not acknowledged: %s", len(unacked), peer.name, reason
             )
-            await self._outlet.send(DeliveryFailed(peer, unacked, reason))
+        logger.info("disconnected from %s (%s): %s", peer.name, peer.id, reason)
+        # A connection that ended before PeerConnected could be placed (the
+        # application was behind) is still reported, as the pair of events.
+        events: list[Event] = [] if conn.announced else [PeerConnected(peer)]
+        events.append(PeerDisconnected(peer, reason))
+        if unacked:
+            events.append(DeliveryFailed(peer, unacked, reason))
+        for event in events:
+            if wait:
+                await self._outlet.send(event)
+            else:
+                self._outlet.nowait(event)
         conn.finished.set()
 
     async def _shutdown(self) -> None:
+        """Leave: goodbye beacon, a grace for acknowledgements, then close everything.
+
+        Takes at most ``shutdown_grace`` plus ``CLOSE_PHASE`` seconds (plus the
+        goodbye beacon, a few non-blocking sends).
+        """
         self._closing = True
-        with trio.move_on_after(SHUTDOWN_LIMIT / 2):
+        with trio.move_on_after(CLOSE_PHASE):
             await self._discovery.send(BeaconKind.GOODBYE)
-            deadline = trio.current_time() + self.config.shutdown_grace
+        with trio.move_on_after(self.config.shutdown_grace):
             for conn in list(self._connections.values()):
-                with trio.move_on_at(deadline):
-                    with contextlib.suppress(PeerNotConnectedError):
-                        await conn.flush()
+                with contextlib.suppress(PeerNotConnectedError):
+                    await conn.flush()
         left = sum(c.session.in_flight for c in self._connections.values())
         if left:
             logger.warning("leaving with %d messages unacknowledged (use flush())", left)
         self._outlet.closing = True
-        with trio.move_on_after(SHUTDOWN_LIMIT / 2):
+        with trio.move_on_after(CLOSE_PHASE):
             async with trio.open_nursery() as nursery:
                 for conn in list(self._connections.values()):
                     nursery.start_soon(conn.close, "the peer is shutting down")
