@@ -39,7 +39,7 @@ messages = st.builds(
     id=st.uuids(version=4),
     sender_id=st.uuids(),
     sender_name=names,
-    timestamp=st.floats(allow_nan=False),
+    timestamp=st.floats(min_value=-9.9e9, max_value=9.9e10),
     content=st.builds(Text, st.text(max_size=200)),
 )
 

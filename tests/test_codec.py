@@ -197,6 +197,24 @@ def test_prefix_checked_as_soon_as_its_four_bytes_arrive() -> None:
             "content",
             id="bad-content",
         ),
+        *[
+            pytest.param(
+                frame_of(
+                    {
+                        "t": "m",
+                        "q": 1,
+                        "i": b"i" * 16,
+                        "f": b"f" * 16,
+                        "n": "A",
+                        "ts": ts,
+                        "c": {"t": "text", "x": "a"},
+                    }
+                ),
+                "timestamp",
+                id=f"timestamp-{ts}",
+            )
+            for ts in (float("nan"), float("inf"), -float("inf"), 1e300)
+        ],
     ],
 )
 def test_malformed_frames_raise_protocol_error(raw: bytes, match: str | None) -> None:

@@ -19,7 +19,7 @@ from trio_p2p import (
     ProtocolError,
     Text,
 )
-from trio_p2p._codec import FrameDecoder, encode_data
+from trio_p2p._codec import FrameDecoder, encode_data, encode_frame
 from trio_p2p._connection import receive_hello, send_frame
 from trio_p2p._messages import Goodbye, GoodbyeCode, Message, Ping
 
@@ -273,3 +273,32 @@ async def test_message_with_another_sender_name_is_a_protocol_error() -> None:
         await sa.send_all(encode_data(1, renamed))
         reason = await b.conn.run()
         assert "sender name" in reason
+
+
+class StuckSend(trio.abc.SendStream):
+    """A send side whose writes never complete (a peer that reads nothing)."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep_forever()
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_ping_flood_does_not_grow_the_outgoing_buffer() -> None:
+    with trio.fail_after(10):
+        to_bob, from_alice = trio.testing.memory_stream_one_way_pair()
+        alice, bob = node("Alice"), node("Bob")
+        b = make_side(trio.StapledStream(StuckSend(), from_alice), bob, alice, dialer=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.conn.run)
+            ping = encode_frame(Ping())
+            for _ in range(200):
+                await to_bob.send_all(ping * 500)
+                await trio.testing.wait_all_tasks_blocked()
+            assert b.conn.frames_received == 100_000
+            assert len(b.conn._outgoing) < 64
+            nursery.cancel_scope.cancel()

@@ -271,3 +271,45 @@ async def test_interfaces_are_re_read_every_few_intervals(
             assert discovery.targets == ("10.2.255.255", "10.3.255.255")
             assert {a for _, (a, _port) in sock.sent[-2:]} == {"10.2.255.255", "10.3.255.255"}
             nursery.cancel_scope.cancel()
+
+
+def test_a_fresh_entry_does_not_move_to_another_address() -> None:
+    table = PeerTable(capacity=10, per_address=4, timeout=10, move_after=5)
+    node = uuid.uuid4()
+    table.observe(node, "B", "10.0.0.2", 7000, now=0)
+    spoofed = table.observe(node, "B", "10.0.0.66", 4444, now=1)
+    assert spoofed.dropped == "address_conflict"
+    assert table.get(node).address == "10.0.0.2"  # type: ignore[union-attr]
+    # silent at the old address long enough: a real move
+    moved = table.observe(node, "B", "10.0.0.3", 7000, now=6)
+    assert moved.news
+    assert table.get(node).address == "10.0.0.3"  # type: ignore[union-attr]
+
+
+def test_a_full_table_evicts_from_the_most_crowded_address() -> None:
+    table = PeerTable(capacity=4, per_address=3, timeout=50)
+    honest = uuid.uuid4()
+    table.observe(honest, "H", "10.0.0.1", 1, now=0)
+    flood = [uuid.uuid4() for _ in range(3)]
+    for i, node in enumerate(flood):
+        table.observe(node, "F", "10.0.0.9", 1, now=1 + i)
+    newcomer = table.observe(uuid.uuid4(), "N", "10.0.0.2", 1, now=10)
+    assert newcomer.peer is not None
+    assert newcomer.evicted is not None
+    assert newcomer.evicted.id == flood[0]
+    assert table.get(honest) is not None
+
+
+async def test_a_goodbye_counts_only_from_the_peers_own_address() -> None:
+    with trio.fail_after(5):
+        discovery, notes, _sock, _ = make_discovery()
+        node = uuid.uuid4()
+        discovery.handle_datagram(
+            encode_beacon(Beacon(BeaconKind.ANNOUNCE, node, "B", 1)), "10.1.0.7"
+        )
+        goodbye = encode_beacon(Beacon(BeaconKind.GOODBYE, node, "B", 1))
+        discovery.handle_datagram(goodbye, "10.1.0.66")
+        assert [type(n) for n in notes] == [PeerDiscovered]
+        assert discovery._drops["goodbye_from_elsewhere"] == 1
+        discovery.handle_datagram(goodbye, "10.1.0.7")
+        assert [type(n) for n in notes] == [PeerDiscovered, PeerLost]

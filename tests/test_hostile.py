@@ -18,7 +18,9 @@ import pytest
 import trio
 
 from trio_p2p import (
+    HandshakeError,
     Messenger,
+    PeerConnected,
     PeerDisconnected,
     PeerDiscovered,
     PeerLost,
@@ -37,7 +39,7 @@ from trio_p2p._messages import (
 )
 
 from .conftest import ConfigFactory
-from .helpers import connect, texts, wait_for
+from .helpers import connect, drain, texts, wait_for
 
 
 def hello_from(node_id: uuid.UUID, nonce: bytes = b"n" * 16) -> Hello:
@@ -311,3 +313,90 @@ async def test_version_mismatch_is_refused_with_a_reason(make_config: ConfigFact
             assert isinstance(reply[0], Goodbye)
             assert reply[0].code == "protocol"
             assert "version 99" in reply[0].reason
+
+
+async def learn_hello(messenger: Messenger) -> Hello:
+    """Dial *messenger* as a stranger and read its hello (nonce included)."""
+    stream = await raw_connection(messenger)
+    await stream.send_all(encode_frame(hello_from(uuid.uuid4())))
+    hello, _ = await receive_hello(stream, FrameDecoder(1 << 20))
+    await stream.aclose()
+    return hello
+
+
+async def test_a_replayed_nonce_cannot_take_over_a_live_connection(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(15):
+        async with (
+            open_messenger("Alice", make_config()) as a,
+            open_messenger("Victor", make_config()) as v,
+        ):
+            await a.connect_to_peer(("127.0.0.1", v.tcp_port))
+            await wait_for(v, PeerConnected, peer=a.peer_id)
+            alices = await learn_hello(a)  # anyone can learn Alice's id and nonce
+            stream = await raw_connection(v)
+            forged = Hello(PROTOCOL_VERSION, a.peer_id, alices.session, "Alice", 1234, 1 << 20)
+            await stream.send_all(encode_frame(forged))
+            reply = FrameDecoder(1 << 20).feed(await closed_by_peer(stream))
+            assert isinstance(reply[0], Goodbye)
+            assert reply[0].code == "duplicate"
+            assert "alive" in reply[0].reason
+            # Victor's link to the real Alice is untouched
+            assert not any(isinstance(e, PeerDisconnected) for e in await drain(v, 0.3))
+            await still_serving(a, v, "still the real Alice")
+
+
+async def test_a_big_frame_before_the_hello_is_refused_at_once(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(10):
+        async with open_messenger("Alice", make_config()) as a:
+            stream = await raw_connection(a)
+            await stream.send_all(struct.pack(">I", 1 << 20) + b"\xa0" * 1000)
+            await closed_by_peer(stream)
+            assert a.statistics().connections_refused["protocol"] == 1
+
+
+async def test_established_connections_are_capped(make_config: ConfigFactory) -> None:
+    with trio.fail_after(10):
+        async with open_messenger("Alice", make_config(max_connections=2)) as a:
+            streams = []
+            for _ in range(2):
+                stream = await raw_connection(a)
+                await stream.send_all(encode_frame(hello_from(uuid.uuid4())))
+                await receive_hello(stream, FrameDecoder(1 << 20))
+                streams.append(stream)
+            extra = await raw_connection(a)
+            await extra.send_all(encode_frame(hello_from(uuid.uuid4())))
+            await closed_by_peer(extra)
+            assert a.statistics().connections_refused["too_many_connections"] == 1
+            assert len(a.connected_peers()) == 2
+            for stream in streams:
+                await stream.aclose()
+
+
+@pytest.mark.parametrize("behaviour", ["close", "garbage", "close-after-hello"])
+async def test_a_broken_handshake_from_the_dialled_side_is_a_handshake_error(
+    make_config: ConfigFactory, behaviour: str
+) -> None:
+    with trio.fail_after(10):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+
+        async def serve_one() -> None:
+            stream = await listeners[0].accept()
+            async with stream:
+                await stream.receive_some(4096)
+                if behaviour == "garbage":
+                    await stream.send_all(b"\xff" * 64)
+                elif behaviour == "close-after-hello":
+                    await stream.send_all(encode_frame(hello_from(uuid.uuid4()))[:10])
+
+        async with open_messenger("Alice", make_config()) as a, trio.open_nursery() as nursery:
+            nursery.start_soon(serve_one)
+            with pytest.raises(HandshakeError):
+                await a.connect_to_peer(("127.0.0.1", port))
+            assert a.connected_peers() == []
+        for listener in listeners:
+            await listener.aclose()

@@ -14,9 +14,11 @@ from trio_p2p import (
     DeliveryError,
     DeliveryFailed,
     MessageReceived,
+    Messenger,
     PeerConnected,
     PeerDisconnected,
     PeerDiscovered,
+    PeerInfo,
     PeerNotConnectedError,
     Text,
     open_messenger,
@@ -441,3 +443,77 @@ async def test_disconnect_from_the_event_reader_does_not_deadlock(
             gone = [e for e in events if isinstance(e, PeerDisconnected)]
             assert [e.peer.id for e in gone] == [b.peer_id]
             assert "disconnected by the application" in gone[0].reason
+
+
+async def test_simultaneous_dial_by_address_ends_with_one_connection(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(30):
+        async with (
+            open_messenger("Alice", make_config()) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            results: dict[str, PeerInfo] = {}
+
+            async def dial(me: Messenger, other: Messenger) -> None:
+                results[me.peer_name] = await me.connect_to_peer(("127.0.0.1", other.tcp_port))
+
+            for _ in range(5):
+                results.clear()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(dial, a, b)
+                    nursery.start_soon(dial, b, a)
+                assert results["Alice"].id == b.peer_id
+                assert results["Bob"].id == a.peer_id
+                assert [p.id for p in a.connected_peers()] == [b.peer_id]
+                assert [p.id for p in b.connected_peers()] == [a.peer_id]
+                await a.send_text_message(b.peer_id, "one link")
+                assert await texts(b, 1) == ["one link"]
+                await a.disconnect_peer(b.peer_id)
+                await wait_for(b, PeerDisconnected, peer=a.peer_id)
+                await drain(a, 0.1)
+                await drain(b, 0.1)
+
+
+async def test_redial_by_another_name_for_the_address_is_idempotent(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config()) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            first = await a.connect_to_peer(("127.0.0.1", b.tcp_port))
+            again = await a.connect_to_peer(("localhost", b.tcp_port))
+            assert again.id == first.id == b.peer_id
+            events = await drain(b, 0.5)
+            assert [type(e) for e in events if isinstance(e, PeerConnected | PeerDisconnected)] == [
+                PeerConnected
+            ]
+
+
+async def test_a_beacon_flood_keeps_the_event_backlog_bounded(
+    make_config: ConfigFactory,
+) -> None:
+    import uuid
+
+    from trio_p2p._codec import encode_beacon
+    from trio_p2p._messages import Beacon, BeaconKind
+
+    config = make_config(event_buffer=2, max_peers_per_address=8)
+    with trio.fail_after(15):
+        async with open_messenger("Alice", config) as a:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+                sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                for _ in range(3000):  # fresh ids: each evicts another from the table
+                    data = encode_beacon(Beacon(BeaconKind.ANNOUNCE, uuid.uuid4(), "F", 9))
+                    sender.sendto(data, ("127.255.255.255", config.discovery_port))
+                    if _ % 100 == 0:
+                        await trio.sleep(0.01)
+            await trio.sleep(0.3)
+            assert len(a.discovered_peers()) <= 8
+            events = await drain(a, 0.3)
+            # the channel, one event per table entry, one in flight, and lost
+            # events for the few peers the application was told of
+            assert len(events) <= 2 + 8 + 1 + 2

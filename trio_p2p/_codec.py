@@ -165,6 +165,13 @@ def _check_seq(seq: int) -> int:
     return seq
 
 
+def _timestamp(value: object) -> float:
+    seconds = _float(value, None)
+    if not -1e10 < seconds < 1e11:  # also refuses NaN and infinities
+        raise ValueError(f"timestamp out of range: {seconds!r}")
+    return seconds
+
+
 def _structure_content(value: object) -> Content:
     if type(value) is not dict:
         _fail("content map", value)
@@ -191,7 +198,7 @@ def _structure_data(value: dict[str, Any], senders: dict[bytes, uuid.UUID]) -> D
         _uuid(value["i"]),
         sender_id,
         _str(value["n"], None),
-        _float(value["ts"], None),
+        _timestamp(value["ts"]),
         _structure_content(value["c"]),
     )
     return Data(_check_seq(_int(value["q"], None)), message)

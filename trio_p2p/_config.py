@@ -58,6 +58,7 @@ class Config:
         handshake_timeout: seconds a connection may take to complete its handshake.
         max_pending_handshakes: incoming connections allowed to be in their handshake at
             once; more are closed at once.
+        max_connections: established connections allowed at once; more are refused.
         heartbeat_interval: an idle connection sends a ping this often.
         heartbeat_timeout: a connection on which nothing arrives for this long is closed.
         max_frame_size: largest frame (bytes after the 4-byte prefix) accepted or sent.
@@ -79,6 +80,7 @@ class Config:
     max_peers_per_address: int = attrs.field(default=16, validator=_at_least_one)
     handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
     max_pending_handshakes: int = attrs.field(default=64, validator=_at_least_one)
+    max_connections: int = attrs.field(default=128, validator=_at_least_one)
     heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
     heartbeat_timeout: float = attrs.field(default=5.0, validator=_positive)
     max_frame_size: int = attrs.field(default=8 * 1024 * 1024, validator=_at_least_one)

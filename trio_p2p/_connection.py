@@ -38,11 +38,14 @@ from ._messages import (
 )
 from ._session import Session
 
-__all__ = ["LocalNode", "PeerConnection", "receive_hello", "send_frame"]
+__all__ = ["HELLO_LIMIT", "LocalNode", "PeerConnection", "receive_hello", "send_frame"]
 
 logger = get_logger("connection")
 bad_input = RateLimitedWarnings(logger)
 
+#: Frame limit while waiting for a hello (an unauthenticated peer may not make
+#: this node buffer more than this before the handshake).
+HELLO_LIMIT = 4096
 #: Bytes asked of the stream per receive.
 RECEIVE_SIZE = 256 * 1024
 #: The writer stops waiting for more to coalesce once this much is queued.
@@ -174,6 +177,7 @@ class PeerConnection:
         )
         self.session = Session(hello.node_id, hello.session, send_window)
         self._decoder = decoder
+        decoder.max_frame_size = local.max_frame_size  # the handshake used a small limit
         decoder.expect_sender(hello.node_id)
         self._pending = pending
         self._events = events
@@ -185,6 +189,10 @@ class PeerConnection:
         self._writer_lot = trio.lowlevel.ParkingLot()
         #: woken on every acknowledgement and when the connection ends
         self._ack_lot = trio.lowlevel.ParkingLot()
+        #: woken when bytes arrive, for probe()
+        self._arrival_lot = trio.lowlevel.ParkingLot()
+        #: when the connection was established (Trio clock)
+        self.established_at = trio.current_time()
         self._scope = trio.CancelScope()
         self._done = trio.Event()
         #: set by the owner once the end of the connection has been reported
@@ -195,6 +203,7 @@ class PeerConnection:
         self._closing = False
         self._close_reason = ""
         self._ack_wanted = False
+        self._pong_wanted = False
         self._reader_blocked = False
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
@@ -315,6 +324,7 @@ class PeerConnection:
                 self.reason = "the connection was cancelled"
             self._ack_lot.unpark_all()
             self._writer_lot.unpark_all()
+            self._arrival_lot.unpark_all()
             await trio.aclose_forcefully(self.stream)
             self._done.set()
         return self.reason
@@ -323,6 +333,22 @@ class PeerConnection:
         if self.reason is None:
             self.reason = reason
         self._scope.cancel()
+
+    async def probe(self) -> bool:
+        """Ping the peer and wait until anything arrives (bound it with a cancel scope).
+
+        Returns:
+            True once something arrived, or at once if the reader is held back by
+            the application (what the peer sent may be waiting unread); False if
+            the connection ended first.
+        """
+        if not self.is_open:
+            return False
+        if self._reader_blocked:
+            return True
+        self._queue(Ping())
+        await self._arrival_lot.park()
+        return self.is_open
 
     async def wait_ended(self) -> None:
         """Return once :meth:`run` has ended and the stream is closed."""
@@ -369,7 +395,7 @@ class PeerConnection:
         stream = self.stream
         session = self.session
         while True:
-            if not self._outgoing and not self._ack_wanted:
+            if not self._outgoing and not self._ack_wanted and not self._pong_wanted:
                 if self._closing:
                     raise _Ended(f"closed by this node: {self._close_reason}")
                 await self._writer_lot.park()
@@ -387,6 +413,9 @@ class PeerConnection:
                 ack = session.ack_due()
                 if ack is not None:
                     self._queue(Ack(ack))
+            if self._pong_wanted:
+                self._pong_wanted = False
+                self._queue(Pong())
             data = self._outgoing
             self._outgoing = bytearray()
             self._last_sent = trio.current_time()
@@ -415,6 +444,8 @@ class PeerConnection:
                 raise _Ended(f"the peer closed the connection{detail}")
             self._last_received = trio.current_time()
             self.bytes_received += len(data)
+            if self._arrival_lot:
+                self._arrival_lot.unpark_all()
             for frame in decoder.feed(data):
                 await self._handle(frame)
             if session.last_received > session.last_ack_sent:
@@ -465,7 +496,11 @@ class PeerConnection:
                 self.messages_acknowledged += settled
                 self._ack_lot.unpark_all()
         elif type(frame) is Ping:
-            self._queue(Pong())
+            # One pong per write however many pings came: a ping flood cannot
+            # grow the outgoing buffer.
+            self._pong_wanted = True
+            if self._writer_lot:
+                self._writer_lot.unpark()
         elif type(frame) is Pong:
             pass
         elif type(frame) is Goodbye:

@@ -52,14 +52,18 @@ class PeerTable:
 
     At most *per_address* node ids are kept per source address (a newcomer from
     a full address evicts that address's stalest entry), at most *capacity* in
-    all (newcomers are dropped when full); an entry for which *is_connected*
-    is true is never evicted.
+    all (a newcomer to a full table evicts the stalest entry of the address
+    with the most entries, if it has more than one; else it is dropped); an
+    entry for which *is_connected* is true is never evicted.
 
     Args:
         capacity: most entries in the table.
         per_address: most entries per source address.
         timeout: an entry not heard for this long expires.
         is_connected: tells whether a node id has a live connection.
+        move_after: an entry moves to another source address only once it has not
+            been heard at its own for this long (so a spoofed beacon cannot
+            redirect a live peer).
     """
 
     def __init__(
@@ -68,11 +72,13 @@ class PeerTable:
         per_address: int,
         timeout: float,
         is_connected: Callable[[uuid.UUID], bool] = lambda _id: False,
+        move_after: float = 0.0,
     ) -> None:
         self.capacity = capacity
         self.per_address = per_address
         self.timeout = timeout
         self.is_connected = is_connected
+        self.move_after = move_after
         self._peers: dict[uuid.UUID, PeerInfo] = {}
         self._by_address: dict[str, set[uuid.UUID]] = {}
 
@@ -107,23 +113,32 @@ class PeerTable:
         """Record an announcement heard from *address*."""
         old = self._peers.get(node_id)
         peer = PeerInfo(id=node_id, name=name, address=address, port=port, last_seen=now)
-        if old is None and len(self._peers) >= self.capacity:
-            return Observation(None, dropped="table_full")
+        if old is not None and old.address != address and now - old.last_seen < self.move_after:
+            return Observation(None, dropped="address_conflict")
         evicted = None
         if old is None or old.address != address:
             # A newcomer, or a known peer moving here: the address must have room.
             same_address = self._by_address.get(address, set())
             if len(same_address) >= self.per_address:
-                candidates = [self._peers[i] for i in same_address if not self.is_connected(i)]
-                if not candidates:
+                evicted = self._stalest(same_address)
+                if evicted is None:
                     return Observation(None, dropped="per_address_cap")
-                evicted = min(candidates, key=lambda p: p.last_seen)
+            elif old is None and len(self._peers) >= self.capacity:
+                crowded = max(self._by_address.values(), key=len)
+                evicted = self._stalest(crowded) if len(crowded) > 1 else None
+                if evicted is None:
+                    return Observation(None, dropped="table_full")
+            if evicted is not None:
                 self.remove(evicted.id)
             if old is not None:
                 self.remove(node_id)
         self._add(peer)
         news = old is None or (old.address, old.port, old.name) != (address, port, name)
         return Observation(peer, news=news, evicted=evicted)
+
+    def _stalest(self, node_ids: set[uuid.UUID]) -> PeerInfo | None:
+        candidates = [self._peers[i] for i in node_ids if not self.is_connected(i)]
+        return min(candidates, key=lambda p: p.last_seen) if candidates else None
 
     def expire(self, now: float) -> list[PeerInfo]:
         """Remove and return every entry not heard for ``timeout`` seconds."""
@@ -293,10 +308,18 @@ class Discovery:
         elif beacon.kind is BeaconKind.ANNOUNCE:
             self._observe(beacon, address)
         else:
-            peer = self.table.remove(beacon.node_id)
-            if peer is not None:
-                logger.info("peer %s (%s) said goodbye", peer.name, peer.id)
-                self._notify(PeerLost(peer))
+            known = self.table.get(beacon.node_id)
+            if known is None:
+                return
+            if known.address != address:  # only the peer's own address may say goodbye
+                self._drops["goodbye_from_elsewhere"] += 1
+                bad_input.warning(
+                    "goodbye for %s from %s ignored: it is at %s", known.id, address, known.address
+                )
+                return
+            self.table.remove(beacon.node_id)
+            logger.info("peer %s (%s) said goodbye", known.name, known.id)
+            self._notify(PeerLost(known))
 
     def _observe(self, beacon: Beacon, address: str) -> None:
         seen = self.table.observe(
@@ -304,7 +327,13 @@ class Discovery:
         )
         if seen.dropped is not None:
             self._drops[seen.dropped] += 1
-            bad_input.warning("beacon from %s dropped: %s", address, seen.dropped)
+            if seen.dropped == "address_conflict":
+                # also a multi-homed peer heard on two networks: not worth a warning
+                logger.debug(
+                    "beacon for %s from %s ignored: heard elsewhere", beacon.node_id, address
+                )
+            else:
+                bad_input.warning("beacon from %s dropped: %s", address, seen.dropped)
             return
         if seen.evicted is not None:
             self._notify(PeerLost(seen.evicted))

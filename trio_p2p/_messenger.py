@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import socket
 import uuid
@@ -16,7 +17,7 @@ import trio
 
 from ._codec import FrameDecoder, check_name
 from ._config import Config
-from ._connection import LocalNode, PeerConnection, receive_hello, send_frame
+from ._connection import HELLO_LIMIT, LocalNode, PeerConnection, receive_hello, send_frame
 from ._discovery import Discovery, PeerTable, open_discovery_socket
 from ._errors import HandshakeError, PeerNotConnectedError, ProtocolError
 from ._events import (
@@ -56,11 +57,14 @@ class _Outlet:
         self.channel = channel
         self._counters = counters
         self._pending: dict[uuid.UUID, PeerDiscovered | PeerLost] = {}
+        #: peers the application was told were discovered, and not yet lost
+        self._told: set[uuid.UUID] = set()
         self._wake = trio.lowlevel.ParkingLot()
         #: while shutting down, events that do not fit are dropped, never awaited
         self.closing = False
 
     def discovery(self, event: PeerDiscovered | PeerLost) -> None:
+        peer_id = event.peer.id
         if not self._pending:
             try:
                 self.channel.send_nowait(event)
@@ -70,11 +74,22 @@ class _Outlet:
                 self._counters["events_dropped"] += 1
                 return
             else:
+                self._told_of(event)
                 return
-        if self._pending.pop(event.peer.id, None) is not None:
+        if self._pending.pop(peer_id, None) is not None:
             self._counters["events_coalesced"] += 1
-        self._pending[event.peer.id] = event
+        if isinstance(event, PeerLost) and peer_id not in self._told:
+            # The application never heard of this peer: there is nothing to take
+            # back. This keeps the backlog within the peer table's bound.
+            return
+        self._pending[peer_id] = event
         self._wake.unpark()
+
+    def _told_of(self, event: Event) -> None:
+        if isinstance(event, PeerDiscovered):
+            self._told.add(event.peer.id)
+        elif isinstance(event, PeerLost):
+            self._told.discard(event.peer.id)
 
     def nowait(self, event: Event) -> None:
         try:
@@ -97,7 +112,9 @@ class _Outlet:
                 await self._wake.park()
                 continue
             peer_id = next(iter(self._pending))
-            await self.send(self._pending.pop(peer_id))
+            event = self._pending.pop(peer_id)
+            await self.send(event)
+            self._told_of(event)
 
 
 async def _open_listener(config: Config) -> trio.SocketListener:
@@ -116,6 +133,20 @@ async def _open_listener(config: Config) -> trio.SocketListener:
             raise
         return trio.SocketListener(sock)
     raise AssertionError("unreachable: port 0 never reports EADDRINUSE")
+
+
+async def _resolve_ipv4(host: str, port: int) -> str:
+    """*host* as an IPv4 address string (so one peer is one address, however named)."""
+    try:
+        return str(ipaddress.IPv4Address(host))
+    except ValueError:
+        pass
+    infos = await trio.socket.getaddrinfo(
+        host, port, family=trio.socket.AF_INET, type=trio.socket.SOCK_STREAM
+    )
+    if not infos:
+        raise OSError(f"{host!r} has no IPv4 address")
+    return str(infos[0][4][0])
 
 
 class Messenger:
@@ -148,6 +179,8 @@ class Messenger:
         self._outlet = _Outlet(self._event_send, self._counters)
         self._connections: dict[uuid.UUID, PeerConnection] = {}
         self._dialing: set[uuid.UUID] = set()
+        #: node ids whose incoming handshake is replacing a connection right now
+        self._admitting: set[uuid.UUID] = set()
         self._registry_changed = trio.lowlevel.ParkingLot()
         self._handshakes = 0
         self._closing = False
@@ -156,6 +189,7 @@ class Messenger:
             config.max_peers_per_address,
             config.peer_timeout,
             is_connected=lambda node_id: node_id in self._connections,
+            move_after=config.peer_timeout / 2,
         )
         self._discovery = Discovery(
             config,
@@ -237,6 +271,7 @@ class Messenger:
         else:
             host, port = peer
             expected = None
+            host = await _resolve_ipv4(host, port)
         while True:
             existing = self._find_connection(expected, host, port)
             if existing is not None:
@@ -389,31 +424,67 @@ class Messenger:
                 self._outlet.nowait(Error(exc))
                 await trio.sleep(0.1)
                 continue
-            if self._handshakes >= self.config.max_pending_handshakes or self._closing:
-                self._refused["too_many_handshakes" if not self._closing else "closing"] += 1
+            if self._closing:
+                cause = "closing"
+            elif self._handshakes >= self.config.max_pending_handshakes:
+                cause = "too_many_handshakes"
+            elif len(self._connections) >= self.config.max_connections:
+                cause = "too_many_connections"
+            else:
+                cause = ""
+            if cause:
+                self._refused[cause] += 1
                 await trio.aclose_forcefully(stream)
                 continue
             self._nursery.start_soon(self._serve_incoming, stream)
 
-    def _admission(self, hello: Hello) -> tuple[str, str] | PeerConnection | None:
-        """Decide on an incoming hello.
+    def _admission(self, hello: Hello, address: str) -> tuple[str, str] | PeerConnection | None:
+        """Decide on an incoming hello from *address*.
 
         Returns:
-            None to admit it, an existing connection it replaces, or
+            None to admit it, an existing connection it may replace, or
             ``(cause, reason)`` to refuse it.
         """
-        if hello.node_id == self.peer_id:
+        peer_id = hello.node_id
+        if peer_id == self.peer_id:
             return ("own_id", "the hello claims this node's own id")
-        existing = self._connections.get(hello.node_id)
-        if existing is not None:
+        if peer_id in self._admitting:
+            return ("duplicate", "a handshake for that node id is in progress")
+        existing = self._connections.get(peer_id)
+        if existing is not None and existing.is_open:
             if existing.session.peer_nonce != hello.session:
                 return ("id_taken", "that node id is connected from another process")
-            if existing.dialer:
-                return ("duplicate", "already connected (this node dialled)")
-            return existing  # the same process dialled again: its old link is half-open
-        if hello.node_id in self._dialing and self.peer_id < hello.node_id:
+            if existing.peer.address != address:
+                return ("id_taken", "that node id is connected from another address")
+            return existing  # the caller decides (see _may_replace)
+        if peer_id in self._dialing and self.peer_id < peer_id:
             return ("duplicate", "simultaneous dial: the smaller node id's dial wins")
+        if len(self._connections) >= self.config.max_connections:
+            return ("too_many_connections", "too many connections")
         return None
+
+    async def _may_replace(self, existing: PeerConnection, peer_id: uuid.UUID) -> str | None:
+        """Whether a new connection from *existing*'s peer may replace it.
+
+        The peer is the same process at the same address (see ``_admission``).
+
+        Returns:
+            None if it may, else why not.
+        """
+        if not existing.dialer:
+            # The peer dialled again: it believes the old link dead. Replace it only
+            # if it really does not answer (anyone can learn a nonce).
+            alive = False
+            with trio.move_on_after(self.config.handshake_timeout / 2):
+                alive = await existing.probe()
+            if alive:
+                return "already connected (the existing connection is alive)"
+            return None
+        # Both sides dialled at once: the connection the smaller id dialled wins.
+        young = trio.current_time() - existing.established_at < self.config.handshake_timeout
+        if peer_id < self.peer_id and young:
+            return None
+        return "already connected (this node dialled)"
 
     async def _serve_incoming(self, stream: trio.SocketStream) -> None:
         self._handshakes += 1
@@ -432,7 +503,7 @@ class Messenger:
     async def _accept_handshake(
         self, stream: trio.SocketStream, address: str
     ) -> PeerConnection | None:
-        decoder = FrameDecoder(self.config.max_frame_size)
+        decoder = FrameDecoder(HELLO_LIMIT)
         cause = reason = ""
         try:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
@@ -440,18 +511,22 @@ class Messenger:
             if scope.cancelled_caught:
                 cause, reason = "handshake_timeout", "no hello within the handshake timeout"
             else:
-                decision = self._admission(hello)
-                if isinstance(decision, tuple):
+                decision = self._admission(hello, address)
+                if isinstance(decision, PeerConnection):
+                    self._admitting.add(hello.node_id)
+                    try:
+                        why_not = await self._may_replace(decision, hello.node_id)
+                        if why_not is None:
+                            await self._retire(decision, "replaced by a new connection")
+                    finally:
+                        self._admitting.discard(hello.node_id)
+                    decision = ("duplicate", why_not) if why_not is not None else None
+                if decision is not None:
                     cause, reason = decision
                     code = GoodbyeCode.DUPLICATE if cause == "duplicate" else GoodbyeCode.REFUSED
                     with trio.move_on_after(self.config.handshake_timeout):
                         await send_frame(stream, Goodbye(code, reason))
                 else:
-                    if isinstance(decision, PeerConnection):
-                        decision._finish("replaced by a new connection from the same peer")
-                        # its end is reported first, unless the application is far behind
-                        with trio.move_on_after(self.config.handshake_timeout):
-                            await decision.finished.wait()
                     conn = self._new_connection(stream, hello, address, False, decoder, pending)
                     conn._queue(self._local.hello())
                     return conn
@@ -488,24 +563,59 @@ class Messenger:
                 hello, pending = await receive_hello(stream, decoder)
             if scope.cancelled_caught:
                 raise HandshakeError(f"no answer from {host}:{port} within {timeout:g} s")
+            address = stream.socket.getpeername()[0]
             refusal = None
             if hello.node_id == self.peer_id:
                 refusal = f"{host}:{port} is this node itself"
             elif expected is not None and hello.node_id != expected:
                 refusal = f"{host}:{port} is node {hello.node_id}, not {expected}"
-            elif self._find_connection(hello.node_id, host, port) is not None:
+            elif len(self._connections) >= self.config.max_connections:
+                refusal = "too many connections"
+            winner = await self._settle_dial(hello)
+            if refusal is None and winner is not None:
                 refusal = "already connected"
             if refusal is not None:
+                code = GoodbyeCode.REFUSED if winner is None else GoodbyeCode.DUPLICATE
                 with trio.move_on_after(timeout):
-                    await send_frame(stream, Goodbye(GoodbyeCode.REFUSED, refusal))
-                raise HandshakeError(refusal)
-        except BaseException:
+                    await send_frame(stream, Goodbye(code, refusal))
+                if winner is None:
+                    raise HandshakeError(refusal)
+        except BaseException as exc:
             await trio.aclose_forcefully(stream)
+            if isinstance(exc, ProtocolError):
+                raise HandshakeError(f"{host}:{port} broke the handshake: {exc}") from exc
+            if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+                raise HandshakeError(f"{host}:{port} closed the connection: {exc}") from exc
             raise
-        address = stream.socket.getpeername()[0]
+        if winner is not None:
+            await trio.aclose_forcefully(stream)
+            task_status.started(winner)  # connect_to_peer is idempotent
+            return
         conn = self._new_connection(stream, hello, address, True, decoder, pending)
         task_status.started(conn)
         await self._run_connection(conn)
+
+    async def _settle_dial(self, hello: Hello) -> PeerConnection | None:
+        """Settle a dial that reached *hello*'s node against a connection it has.
+
+        Returns:
+            The existing connection to keep instead of the new one, or None to
+            keep the new one.
+        """
+        existing = self._connections.get(hello.node_id)
+        if existing is None or not existing.is_open:
+            return None
+        if existing.dialer or self.peer_id > hello.node_id:
+            return existing
+        # Both dialled at once and this node's id is the smaller: its dial wins.
+        await self._retire(existing, "simultaneous dial: the smaller node id's connection is kept")
+        return None
+
+    async def _retire(self, conn: PeerConnection, reason: str) -> None:
+        """End *conn* for *reason*; wait (boundedly) until its end is reported."""
+        conn._finish(reason)
+        with trio.move_on_after(self.config.handshake_timeout):
+            await conn.finished.wait()
 
     def _new_connection(
         self,
