@@ -56,7 +56,9 @@ class DeliveryError(PeerNotConnectedError):
     :class:`DeliveryFailed` event.
 
     Attributes:
+        peer_id: the peer.
         messages: the messages the peer had not acknowledged.
+        reason: why the session ended.
     """
 
     def __init__(self, peer_id: uuid.UUID, messages: Sequence[Message], reason: str) -> None:

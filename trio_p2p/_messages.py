@@ -89,8 +89,9 @@ class Hello:
     Attributes:
         version: protocol version of the sender.
         node_id: the sender's node id.
-        session: 16 random bytes chosen once per process: tells a restarted peer
-            from the same process reconnecting.
+        session: 16 random bytes chosen once per messenger run: tells a restarted
+            peer from the same run reconnecting (not a secret: anyone who dials
+            the node learns it).
         name: the sender's display name.
         port: the TCP port the sender listens on.
         max_frame_size: largest frame the sender accepts.
@@ -148,9 +149,9 @@ class GoodbyeCode(enum.StrEnum):
     CLOSING = "closing"
     #: handshake refused: a connection to this peer already exists
     DUPLICATE = "duplicate"
-    #: handshake refused for another reason (identity, version, limits)
+    #: handshake refused for another reason (identity, limits)
     REFUSED = "refused"
-    #: the receiver broke the protocol
+    #: the peer broke the protocol (a malformed hello, another protocol version)
     PROTOCOL = "protocol"
 
 

@@ -150,7 +150,10 @@ async def _resolve_ipv4(host: str, port: int) -> str:
 
 
 class Messenger:
-    """A node of the peer-to-peer network. Made by :func:`open_messenger`.
+    """A node of the peer-to-peer network.
+
+    Made by :func:`open_messenger`, which owns its tasks: never construct it
+    yourself.
 
     Attributes:
         config: the configuration it runs with.
@@ -261,8 +264,11 @@ class Messenger:
             The connected peer.
 
         Raises:
-            HandshakeError: the peer refused, broke the handshake or took too long.
-            OSError: the TCP connection could not be made.
+            HandshakeError: the peer refused, broke the handshake, closed the
+                connection during it or took too long.
+            OSError: the TCP connection could not be made (or the host name has
+                no IPv4 address).
+            ValueError: *peer* is this node itself.
         """
         if isinstance(peer, PeerInfo):
             host, port, expected = peer.address, peer.port, peer.id
@@ -337,6 +343,7 @@ class Messenger:
             trio.WouldBlock: the peer's send window is full.
             PeerNotConnectedError: no live connection to that peer.
             ValueError: the message is larger than the peer accepts.
+            TypeError: *text* is not a str.
         """
         if type(text) is not str:
             raise TypeError(f"text must be a str, not {type(text).__name__}")
@@ -348,9 +355,12 @@ class Messenger:
         The message is delivered at most once and in order, or named in a
         :class:`~trio_p2p.DeliveryFailed` event; :meth:`flush` waits for delivery.
 
+        A full window is waited on until half of it is acknowledged.
+
         Raises:
             PeerNotConnectedError: no live connection to that peer.
             ValueError: the message is larger than the peer accepts.
+            TypeError: *text* is not a str.
         """
         if type(text) is not str:
             raise TypeError(f"text must be a str, not {type(text).__name__}")
