@@ -350,10 +350,6 @@ class PeerConnection:
         await self._arrival_lot.park()
         return self.is_open
 
-    async def wait_ended(self) -> None:
-        """Return once :meth:`run` has ended and the stream is closed."""
-        await self._done.wait()
-
     async def close(self, reason: str) -> None:
         """Say goodbye with *reason*, then close (waits at most ``CLOSE_TIMEOUT``)."""
         if self.reason is None and not self._closing:

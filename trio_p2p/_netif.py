@@ -9,7 +9,7 @@ from typing import Any
 
 import ifaddr
 
-__all__ = ["broadcast_addresses", "interface_is_up", "local_ipv4_addresses"]
+__all__ = ["broadcast_addresses", "interface_is_up"]
 
 _IFF_UP = 0x1
 _IFF_LOOPBACK = 0x8
@@ -67,15 +67,3 @@ def broadcast_addresses(
                 continue
             found.add(str(network.broadcast_address))
     return tuple(sorted(found, key=ipaddress.IPv4Address))
-
-
-def local_ipv4_addresses(adapters: Iterable[Any] | None = None) -> tuple[str, ...]:
-    """Every IPv4 address of this machine's up interfaces (for status displays)."""
-    if adapters is None:
-        adapters = ifaddr.get_adapters()
-    return tuple(
-        str(interface.ip)
-        for adapter in adapters
-        if interface_is_up(adapter.name)
-        for interface in _ipv4s(adapter)
-    )
