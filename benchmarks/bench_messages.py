@@ -27,6 +27,7 @@ import time
 import uuid
 from typing import Any
 
+import attrs
 import cbor2
 import trio
 
@@ -93,6 +94,40 @@ async def p2p_receiver(count: int, style: str) -> None:
                         break
         report(t_end=time.monotonic(), rss=rss_mib())
         await node.flush()
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def p2p_stalled_receiver(seconds: float) -> None:
+    """A peer whose application never reads: everything sent stays in flight."""
+    config = attrs.evolve(p2p_config(), event_buffer=1)
+    async with trio_p2p.open_messenger("receiver", config) as node:
+        report(port=node.tcp_port)
+        await trio.sleep(seconds)
+
+
+async def p2p_in_flight(port: int, count: int) -> None:
+    """RSS growth of a sender with *count* messages unacknowledged."""
+    config = attrs.evolve(p2p_config(), send_window=count)
+    async with trio_p2p.open_messenger("sender", config) as node:
+        peer = await node.connect_to_peer(("127.0.0.1", port))
+        await trio.sleep(0.2)
+        before = current_rss_mib()
+        for _ in range(count):
+            node.send_text_message_nowait(peer.id, TEXT)
+        await trio.sleep(0.5)
+        after = current_rss_mib()
+        stats = node.statistics()
+        report(
+            t_start=0,
+            rss=after,
+            rtt_us=0,
+            grown=after - before,
+            in_flight=stats.messages_sent - stats.messages_acknowledged,
+        )
 
 
 async def p2p_sender(port: int, count: int, mode: str) -> None:
@@ -216,7 +251,11 @@ def zmq_sender(port: int, count: int, mode: str) -> None:
 
 def run_role(role: str, args: list[str]) -> None:
     kind, side = role.split("-")
-    if side == "receiver":
+    if kind == "p2p" and side == "stalled":
+        trio.run(p2p_stalled_receiver, float(args[0]))
+    elif kind == "p2p" and side == "inflight":
+        trio.run(p2p_in_flight, int(args[0]), int(args[1]))
+    elif side == "receiver":
         count, style = int(args[0]), args[1]
         if kind == "zmq":
             zmq_receiver(count, style == "echo")
@@ -266,6 +305,25 @@ def measure(kind: str, mode: str, count: int) -> dict[str, float]:
     }
 
 
+def measure_in_flight(count: int) -> dict[str, float]:
+    me = [sys.executable, os.path.abspath(__file__)]
+    receiver = subprocess.Popen([*me, "p2p-stalled", "10"], stdout=subprocess.PIPE, text=True)
+    assert receiver.stdout is not None
+    port = json.loads(receiver.stdout.readline())["port"]
+    sender = subprocess.run(
+        [*me, "p2p-inflight", str(port), str(count)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    receiver.kill()
+    receiver.wait()
+    receiver.stdout.close()
+    result: dict[str, float] = json.loads(sender.stdout.splitlines()[-1])
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200_000, help="messages per throughput run")
@@ -303,6 +361,12 @@ def main() -> None:
             f"  {label:36} {r['rate']:>10,.0f} msg/s  {r['rate'] / zmq_rate:5.2f}x pyzmq  "
             f"{r['rate'] / raw_rate:5.2f}x raw  (sender peak RSS {r['sender_rss']:.0f} MiB)"
         )
+    held = measure_in_flight(10_000)
+    print(
+        f"in flight: {held['in_flight']:,.0f} messages unacknowledged (window 10,000, the "
+        f"receiver's application reads nothing): sender RSS grew {held['grown']:.1f} MiB "
+        f"({held['grown'] * 2**20 / max(held['in_flight'], 1):,.0f} bytes a message)"
+    )
     raw_rtt = results["raw", "pingpong"]["rtt_us"]
     print(f"round trip, median of {args.round_trips:,}, best of {args.repeat}:")
     for kind, label in [
