@@ -51,7 +51,12 @@ hellos = st.builds(
     name=names,
     port=ports,
     max_frame_size=st.integers(1024, 2**32 - 1),
-    capabilities=st.lists(st.text(max_size=10), max_size=4).map(tuple),
+    capabilities=st.lists(
+        st.text(
+            alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=32
+        ),
+        max_size=16,
+    ).map(tuple),
 )
 
 frames: st.SearchStrategy[Frame] = st.one_of(

@@ -6,6 +6,7 @@ import contextlib
 import struct
 import uuid
 
+import attrs
 import cbor2
 import pytest
 from hypothesis import given, settings
@@ -304,3 +305,20 @@ def test_message_ids_are_random_version_4_uuids() -> None:
         assert value.variant == uuid.RFC_4122
         assert uuid.UUID(bytes=value.bytes) == value
         assert hash(value) == hash(uuid.UUID(str(value)))
+
+
+def test_the_largest_valid_hello_fits_the_hello_limit() -> None:
+    from trio_p2p._connection import HELLO_LIMIT
+
+    hello = Hello(
+        PROTOCOL_VERSION,
+        uuid.uuid4(),
+        b"s" * 16,
+        "\U0001f600" * 32,
+        65535,
+        2**32 - 1,
+        tuple("c" * 32 for _ in range(16)),
+    )
+    assert len(encode_frame(hello)) - 4 <= HELLO_LIMIT
+    with pytest.raises(ProtocolError, match="capabilities"):
+        decode_frame(encode_frame(attrs.evolve(hello, capabilities=("x" * 33,)))[4:])

@@ -517,3 +517,18 @@ async def test_a_beacon_flood_keeps_the_event_backlog_bounded(
             # the channel, one event per table entry, one in flight, and lost
             # events for the few peers the application was told of
             assert len(events) <= 2 + 8 + 1 + 2
+
+
+async def test_events_abandoned_at_shutdown_are_counted(make_config: ConfigFactory) -> None:
+    with trio.fail_after(15):
+        async with open_messenger("Bob", make_config()) as b:
+            async with open_messenger("Alice", make_config(event_buffer=1)) as a:
+                await b.connect_to_peer(("127.0.0.1", a.tcp_port))
+                for i in range(5):
+                    await b.send_text_message(a.peer_id, str(i))
+                await trio.sleep(0.3)  # Alice reads nothing: her reader waits for room
+            stats = a.statistics()
+            placed = len([e async for e in a.events])
+            # everything the connection produced was either placed or counted
+            assert placed == 1
+            assert stats.events_dropped >= 1

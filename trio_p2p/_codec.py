@@ -252,8 +252,11 @@ def _validate_hello(hello: Hello) -> None:
         raise ValueError("session nonce must be 16 bytes")
     if not 1024 <= hello.max_frame_size <= 2**32 - 1:
         raise ValueError(f"max_frame_size out of range: {hello.max_frame_size}")
-    if len(hello.capabilities) > 32 or any(len(c) > 64 for c in hello.capabilities):
-        raise ValueError("too many or too long capabilities")
+    capabilities = hello.capabilities
+    if len(capabilities) > 16 or not all(
+        0 < len(c) <= 32 and c.isascii() and c.isprintable() for c in capabilities
+    ):
+        raise ValueError("at most 16 capabilities, each 1 to 32 printable ASCII characters")
 
 
 def _validate_ack(ack: Ack) -> None:

@@ -70,7 +70,7 @@ class LocalNode:
     Attributes:
         node_id: this node's id.
         name: this node's display name.
-        nonce: the per-process session nonce.
+        nonce: the session nonce, random for each messenger run.
         port: the TCP port this node listens on.
         max_frame_size: largest frame this node accepts.
     """
@@ -199,7 +199,7 @@ class PeerConnection:
         self.finished = trio.Event()
         #: whether the application was told of this connection (see run's announce)
         self.announced = False
-        self._announce: Callable[[], Awaitable[None]] | None = None
+        self._announce: Callable[[], Awaitable[bool]] | None = None
         self._closing = False
         self._close_reason = ""
         self._ack_wanted = False
@@ -304,13 +304,14 @@ class PeerConnection:
 
     # ------------------------------------------------------------ lifecycle
 
-    async def run(self, announce: Callable[[], Awaitable[None]] | None = None) -> str:
+    async def run(self, announce: Callable[[], Awaitable[bool]] | None = None) -> str:
         """Serve the connection until it ends; return the reason it ended.
 
         Args:
             announce: awaited before the first frame is read, so that whatever
                 it emits (``PeerConnected``) comes before this connection's
-                messages. The writer and the heartbeat run meanwhile.
+                messages; it returns whether the application was told. The
+                writer and the heartbeat run meanwhile.
         """
         self._announce = announce
         try:
@@ -422,11 +423,12 @@ class PeerConnection:
         if self._announce is not None:
             self._reader_blocked = True  # held back by the application, not the peer
             try:
-                await self._announce()
+                self.announced = await self._announce()
             finally:
                 self._reader_blocked = False
                 self._last_received = trio.current_time()
-        self.announced = True
+        else:
+            self.announced = True
         for frame in self._pending:
             await self._handle(frame)
         self._pending = []

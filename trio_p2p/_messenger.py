@@ -91,20 +91,33 @@ class _Outlet:
         elif isinstance(event, PeerLost):
             self._told.discard(event.peer.id)
 
-    def nowait(self, event: Event) -> None:
+    def nowait(self, event: Event) -> bool:
+        """Place *event* if there is room; else drop and count it. Return whether placed."""
         try:
             self.channel.send_nowait(event)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             self._counters["events_dropped"] += 1
+            return False
+        return True
 
-    async def send(self, event: Event) -> None:
+    async def send(self, event: Event) -> bool:
+        """Place *event*, waiting for room unless closing. Return whether placed."""
         if self.closing:
-            self.nowait(event)
-            return
+            return self.nowait(event)
         try:
             await self.channel.send(event)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._counters["events_dropped"] += 1
+            return False
+        except trio.Cancelled:  # shutting down: this event is lost, and counted
+            self._counters["events_dropped"] += 1
+            raise
+        return True
+
+    def abandon(self) -> None:
+        """Count the discovery events still kept aside as dropped (at shutdown)."""
+        self._counters["events_dropped"] += len(self._pending)
+        self._pending.clear()
 
     async def run(self) -> None:
         while True:
@@ -113,8 +126,8 @@ class _Outlet:
                 continue
             peer_id = next(iter(self._pending))
             event = self._pending.pop(peer_id)
-            await self.send(event)
-            self._told_of(event)
+            if await self.send(event):
+                self._told_of(event)
 
 
 async def _open_listener(config: Config) -> trio.SocketListener:
@@ -208,7 +221,7 @@ class Messenger:
 
     @property
     def peer_id(self) -> uuid.UUID:
-        """This node's id (random per process)."""
+        """This node's id (random for each messenger run)."""
         return self._local.node_id
 
     @property
@@ -581,9 +594,11 @@ class Messenger:
                 refusal = f"{host}:{port} is node {hello.node_id}, not {expected}"
             elif len(self._connections) >= self.config.max_connections:
                 refusal = "too many connections"
-            winner = await self._settle_dial(hello)
-            if refusal is None and winner is not None:
-                refusal = "already connected"
+            winner = None
+            if refusal is None:
+                winner = await self._settle_dial(hello)
+                if winner is not None:
+                    refusal = "already connected"
             if refusal is not None:
                 code = GoodbyeCode.REFUSED if winner is None else GoodbyeCode.DUPLICATE
                 with trio.move_on_after(timeout):
@@ -718,6 +733,7 @@ class Messenger:
                 for conn in list(self._connections.values()):
                     nursery.start_soon(conn.close, "the peer is shutting down")
                     nursery.start_soon(conn.finished.wait)
+        self._outlet.abandon()
 
 
 @asynccontextmanager

@@ -28,7 +28,9 @@ class Statistics:
         messages_sent: messages accepted by a send.
         messages_received: messages placed in the event channel.
         messages_acknowledged: sent messages the peers acknowledged.
-        messages_undelivered: messages named in ``DeliveryFailed`` events.
+        messages_undelivered: messages not acknowledged when their session ended
+            (each named in a ``DeliveryFailed`` event, unless that event was dropped
+            at shutdown: see ``events_dropped``).
         connections_accepted: connections that completed a handshake.
         connections_refused: connections closed before or during the handshake, by cause
             (each mapping reads 0 for a cause never counted).
@@ -39,7 +41,8 @@ class Statistics:
         datagrams_dropped: datagrams ignored, by cause (``own``, ``malformed``,
             ``per_address_cap``, ``table_full``, ...).
         events_coalesced: discovery events merged while the event channel was full.
-        events_dropped: events that could not be delivered while shutting down.
+        events_dropped: events that could not be placed in the event channel: at
+            shutdown when it was full, or after the application closed it.
     """
 
     frames_sent: int = 0
