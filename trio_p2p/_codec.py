@@ -186,22 +186,41 @@ def _unstructure_content(content: Content) -> dict[str, Any]:
 
 
 def _structure_data(value: dict[str, Any], senders: dict[bytes, uuid.UUID]) -> Data:
-    # Hand-written: this is the per-message path. *senders* caches the sender ids
-    # already seen on this stream (one, normally), so each is built once.
+    # Hand-written, with the checks of _uuid, _str, _timestamp, _int and
+    # _structure_content inline: this is the per-message path. *senders* caches
+    # the sender ids already seen on this stream (one, normally).
     sender = value["f"]
     sender_id = senders.get(sender) if type(sender) is bytes else None
     if sender_id is None:
         sender_id = _uuid(sender)
         if len(senders) < 4:
             senders[sender] = sender_id
-    message = Message(
-        _uuid(value["i"]),
-        sender_id,
-        _str(value["n"], None),
-        _timestamp(value["ts"]),
-        _structure_content(value["c"]),
-    )
-    return Data(_check_seq(_int(value["q"], None)), message)
+    raw_id = value["i"]
+    if type(raw_id) is not bytes or len(raw_id) != 16:
+        _fail("16-byte id", raw_id)
+    message_id: uuid.UUID = _new_object(uuid.UUID)
+    _set_attribute(message_id, "int", int.from_bytes(raw_id))
+    _set_attribute(message_id, "is_safe", _SAFE_UNKNOWN)
+    name = value["n"]
+    if type(name) is not str:
+        _fail("text", name)
+    seconds = value["ts"]
+    if type(seconds) is not float:
+        seconds = _float(seconds, None)
+    if not -1e10 < seconds < 1e11:  # also refuses NaN and infinities
+        raise ValueError(f"timestamp out of range: {seconds!r}")
+    content = value["c"]
+    if type(content) is not dict or content.get("t") != "text":
+        content = _structure_content(content)  # raises with the reason
+    else:
+        text = content["x"]
+        if type(text) is not str:
+            _fail("text", text)
+        content = Text(text)
+    seq = value["q"]
+    if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
+        _check_seq(_int(seq, None))
+    return Data(seq, Message(message_id, sender_id, name, seconds, content))
 
 
 def _make_converter() -> cattrs.Converter:
