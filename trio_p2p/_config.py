@@ -62,6 +62,8 @@ class Config:
         heartbeat_interval: an idle connection sends a ping this often.
         heartbeat_timeout: a connection on which nothing arrives for this long is closed.
         max_frame_size: largest frame (bytes after the 4-byte prefix) accepted or sent.
+            Each connection may buffer up to this much of an incomplete frame, so
+            ``max_connections`` times this bounds that memory.
         send_window: messages sent to one peer and not yet acknowledged, at most.
         event_buffer: capacity of the event channel.
         shutdown_grace: seconds leaving ``open_messenger`` waits for unacknowledged
@@ -83,7 +85,7 @@ class Config:
     max_connections: int = attrs.field(default=128, validator=_at_least_one)
     heartbeat_interval: float = attrs.field(default=1.0, validator=_positive)
     heartbeat_timeout: float = attrs.field(default=5.0, validator=_positive)
-    max_frame_size: int = attrs.field(default=8 * 1024 * 1024, validator=_at_least_one)
+    max_frame_size: int = attrs.field(default=2 * 1024 * 1024, validator=_at_least_one)
     send_window: int = attrs.field(default=4096, validator=_at_least_one)
     event_buffer: int = attrs.field(default=1024, validator=_at_least_one)
     shutdown_grace: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
