@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 
 import pytest
@@ -302,3 +303,28 @@ async def test_a_ping_flood_does_not_grow_the_outgoing_buffer() -> None:
             assert b.conn.frames_received == 100_000
             assert len(b.conn._outgoing) < 64
             nursery.cancel_scope.cancel()
+
+
+async def test_frames_are_logged_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(5):
+        for level, expect in ((logging.INFO, False), (logging.DEBUG, True)):
+            caplog.clear()
+            caplog.set_level(level, logger="trio_p2p")
+            sa, sb = trio.testing.memory_stream_pair()
+            alice, bob = node("Alice"), node("Bob")
+            a = make_side(sa, alice, bob, dialer=True)
+            b = make_side(sb, bob, alice, dialer=False)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(a.conn.run)
+                nursery.start_soon(b.conn.run)
+                await a.conn.send(Text("logged"))
+                await received_texts(b, 1)
+                await a.conn.flush()
+                nursery.cancel_scope.cancel()
+            frames = [r for r in caplog.records if r.levelno == logging.DEBUG]
+            assert bool(frames) is expect
+            if expect:
+                text = "\n".join(r.getMessage() for r in frames)
+                assert "-> Bob: message 1" in text
+                assert "<- Alice: Data(seq=1" in text
+                assert "-> Alice: Ack(seq=1)" in text

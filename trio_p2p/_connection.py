@@ -12,6 +12,7 @@ connection, closes a silent one).
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -185,6 +186,9 @@ class PeerConnection:
         self._heartbeat_timeout = heartbeat_timeout
         self._max_body = min(hello.max_frame_size, local.max_frame_size)
         self._ids = MessageIds()
+        #: per-frame DEBUG logging, decided once per connection (the per-message
+        #: path then pays one attribute check)
+        self._debug = logger.isEnabledFor(logging.DEBUG)
         self._outgoing = bytearray()
         self._writer_lot = trio.lowlevel.ParkingLot()
         #: woken on every acknowledgement and when the connection ends
@@ -258,6 +262,8 @@ class PeerConnection:
                 f"message of {len(frame) - 4} bytes exceeds the frame limit of {self._max_body}"
             )
         session.number(message)
+        if self._debug:
+            logger.debug("-> %s: message %d %s", self.peer.name, session.last_sent, message.id)
         self._outgoing += frame
         self.messages_sent += 1
         self.frames_sent += 1
@@ -297,6 +303,8 @@ class PeerConnection:
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _queue(self, frame: Frame) -> None:
+        if self._debug:
+            logger.debug("-> %s: %r", self.peer.name, frame)
         self.frames_sent += 1
         self._outgoing += encode_frame(frame)
         if self._writer_lot:
@@ -451,6 +459,8 @@ class PeerConnection:
 
     async def _handle(self, frame: Frame) -> None:
         self.frames_received += 1
+        if self._debug:
+            logger.debug("<- %s: %r", self.peer.name, frame)
         if type(frame) is Data:
             message = frame.message
             sender = message.sender_id
