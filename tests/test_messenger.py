@@ -126,6 +126,8 @@ async def test_send_to_unknown_peer_raises(make_config: ConfigFactory) -> None:
                 await a.flush(uuid.uuid4())
             with pytest.raises(TypeError):
                 a.send_text_message_nowait(uuid.uuid4(), b"bytes")  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                await a.broadcast_text_message(b"bytes")  # type: ignore[arg-type]
 
 
 async def test_disconnect_reports_undelivered_messages(make_config: ConfigFactory) -> None:

@@ -148,6 +148,12 @@ async def _open_listener(config: Config) -> trio.SocketListener:
     raise AssertionError("unreachable: port 0 never reports EADDRINUSE")
 
 
+def _text(text: str) -> Text:
+    if type(text) is not str:
+        raise TypeError(f"text must be a str, not {type(text).__name__}")
+    return Text(text)
+
+
 async def _resolve_ipv4(host: str, port: int) -> str:
     """*host* as an IPv4 address string (so one peer is one address, however named)."""
     try:
@@ -260,9 +266,13 @@ class Messenger:
         await self._discovery.send(BeaconKind.ANNOUNCE)
         return self.discovered_peers()
 
-    def _connection(self, peer_id: uuid.UUID) -> PeerConnection:
+    def _open_connection(self, peer_id: uuid.UUID) -> PeerConnection | None:
         conn = self._connections.get(peer_id)
-        if conn is None or not conn.is_open:
+        return conn if conn is not None and conn.is_open else None
+
+    def _connection(self, peer_id: uuid.UUID) -> PeerConnection:
+        conn = self._open_connection(peer_id)
+        if conn is None:
             raise PeerNotConnectedError(peer_id)
         return conn
 
@@ -322,8 +332,7 @@ class Messenger:
         self, peer_id: uuid.UUID | None, host: str, port: int
     ) -> PeerConnection | None:
         if peer_id is not None:
-            conn = self._connections.get(peer_id)
-            return conn if conn is not None and conn.is_open else None
+            return self._open_connection(peer_id)
         for conn in self._connections.values():
             if conn.is_open and conn.peer.address == host and conn.peer.port == port:
                 return conn
@@ -358,9 +367,8 @@ class Messenger:
             ValueError: the message is larger than the peer accepts.
             TypeError: *text* is not a str.
         """
-        if type(text) is not str:
-            raise TypeError(f"text must be a str, not {type(text).__name__}")
-        return self._connection(peer_id).send_nowait(Text(text))
+        content = _text(text)
+        return self._connection(peer_id).send_nowait(content)
 
     async def send_text_message(self, peer_id: uuid.UUID, text: str) -> Message:
         """Queue a text message to *peer_id*, waiting while its send window is full.
@@ -375,21 +383,24 @@ class Messenger:
             ValueError: the message is larger than the peer accepts.
             TypeError: *text* is not a str.
         """
-        if type(text) is not str:
-            raise TypeError(f"text must be a str, not {type(text).__name__}")
-        return await self._connection(peer_id).send(Text(text))
+        content = _text(text)
+        return await self._connection(peer_id).send(content)
 
     async def broadcast_text_message(self, text: str) -> list[Message]:
         """Send a text message to every connected peer.
 
         Returns:
             One message per peer it was queued for.
+
+        Raises:
+            TypeError: *text* is not a str.
         """
+        content = _text(text)
         sent = []
         for conn in list(self._connections.values()):
             if conn.is_open:
                 try:
-                    sent.append(await conn.send(Text(text)))
+                    sent.append(await conn.send(content))
                 except PeerNotConnectedError:
                     continue
         await trio.lowlevel.checkpoint()
