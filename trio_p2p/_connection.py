@@ -463,15 +463,16 @@ class PeerConnection:
             logger.debug("<- %s: %r", self.peer.name, frame)
         if type(frame) is Data:
             message = frame.message
+            hello = self.hello
             sender = message.sender_id
-            if sender is not self.peer_id and sender != self.peer_id:
+            if sender is not hello.node_id and sender != hello.node_id:
                 raise ProtocolError(
-                    f"message claims sender {message.sender_id}, the handshake said {self.peer_id}"
+                    f"message claims sender {sender}, the handshake said {hello.node_id}"
                 )
-            if message.sender_name != self.hello.name:
+            if message.sender_name != hello.name:
                 raise ProtocolError(
                     f"message claims sender name {message.sender_name!r}, the handshake said "
-                    f"{self.hello.name!r}"
+                    f"{hello.name!r}"
                 )
             session = self.session
             session.check_incoming(frame.seq)
