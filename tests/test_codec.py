@@ -54,6 +54,20 @@ def good_hello_payload() -> dict[str, object]:
     }
 
 
+def data_payload(**changes: object) -> dict[str, object]:
+    payload: dict[str, object] = {
+        "t": "m",
+        "q": 1,
+        "i": b"i" * 16,
+        "f": b"f" * 16,
+        "n": "A",
+        "ts": 1.0,
+        "c": {"t": "text", "x": "a"},
+    }
+    payload.update(changes)
+    return payload
+
+
 @given(frames)
 def test_every_frame_round_trips(frame: Frame) -> None:
     encoded = encode_frame(frame)
@@ -184,36 +198,10 @@ def test_prefix_checked_as_soon_as_its_four_bytes_arrive() -> None:
         pytest.param(frame_of({**good_hello_payload(), "id": b"short"}), "16-byte", id="bad-id"),
         pytest.param(frame_of({"t": "g", "c": "nope", "r": "x"}), "Goodbye", id="bad-enum"),
         pytest.param(
-            frame_of(
-                {
-                    "t": "m",
-                    "q": 1,
-                    "i": b"i" * 16,
-                    "f": b"f" * 16,
-                    "n": "A",
-                    "ts": 1.0,
-                    "c": {"t": "file", "x": "a"},
-                }
-            ),
-            "content",
-            id="bad-content",
+            frame_of(data_payload(c={"t": "file", "x": "a"})), "content", id="bad-content"
         ),
         *[
-            pytest.param(
-                frame_of(
-                    {
-                        "t": "m",
-                        "q": 1,
-                        "i": b"i" * 16,
-                        "f": b"f" * 16,
-                        "n": "A",
-                        "ts": ts,
-                        "c": {"t": "text", "x": "a"},
-                    }
-                ),
-                "timestamp",
-                id=f"timestamp-{ts}",
-            )
+            pytest.param(frame_of(data_payload(ts=ts)), "timestamp", id=f"timestamp-{ts}")
             for ts in (float("nan"), float("inf"), -float("inf"), 1e300)
         ],
     ],
