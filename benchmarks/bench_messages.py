@@ -101,23 +101,49 @@ def current_rss_mib() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-async def p2p_stalled_receiver(seconds: float) -> None:
-    """A peer whose application never reads: everything sent stays in flight."""
-    config = attrs.evolve(p2p_config(), event_buffer=1)
-    async with trio_p2p.open_messenger("receiver", config) as node:
-        report(port=node.tcp_port)
-        await trio.sleep(seconds)
+async def never_acknowledging_peer(seconds: float) -> None:
+    """A peer that reads everything and acknowledges nothing: all sent stays in flight.
+
+    It speaks just enough of the protocol for that: its hello, then a ping
+    every second (so the sender's heartbeat does not time it out).
+    """
+    from trio_p2p._codec import encode_frame
+    from trio_p2p._connection import LocalNode
+    from trio_p2p._messages import Ping
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    report(port=port)
+    stream = await listeners[0].accept()
+    hello = LocalNode(uuid.uuid4(), "receiver", os.urandom(16), port, 2**21).hello()
+    await stream.send_all(encode_frame(hello))
+
+    async def ping() -> None:
+        while True:
+            await trio.sleep(1)
+            await stream.send_all(encode_frame(Ping()))
+
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ping)
+            while await stream.receive_some(1 << 16):
+                pass
+            nursery.cancel_scope.cancel()
 
 
 async def p2p_in_flight(port: int, count: int) -> None:
-    """RSS growth of a sender with *count* messages unacknowledged."""
+    """RSS growth of a sender with *count* messages unacknowledged (all written)."""
     config = attrs.evolve(p2p_config(), send_window=count)
     async with trio_p2p.open_messenger("sender", config) as node:
         peer = await node.connect_to_peer(("127.0.0.1", port))
         await trio.sleep(0.2)
         before = current_rss_mib()
-        for _ in range(count):
-            node.send_text_message_nowait(peer.id, TEXT)
+        with trio.move_on_after(5):  # a bound, in case the peer stops reading
+            for _ in range(count):
+                try:
+                    node.send_text_message_nowait(peer.id, TEXT)
+                except trio.WouldBlock:  # 64 KiB queued: let the writer take it
+                    await node.send_text_message(peer.id, TEXT)
         await trio.sleep(0.5)
         after = current_rss_mib()
         stats = node.statistics()
@@ -251,8 +277,8 @@ def zmq_sender(port: int, count: int, mode: str) -> None:
 
 def run_role(role: str, args: list[str]) -> None:
     kind, side = role.split("-")
-    if kind == "p2p" and side == "stalled":
-        trio.run(p2p_stalled_receiver, float(args[0]))
+    if kind == "p2p" and side == "noack":
+        trio.run(never_acknowledging_peer, float(args[0]))
     elif kind == "p2p" and side == "inflight":
         trio.run(p2p_in_flight, int(args[0]), int(args[1]))
     elif side == "receiver":
@@ -307,7 +333,7 @@ def measure(kind: str, mode: str, count: int) -> dict[str, float]:
 
 def measure_in_flight(count: int) -> dict[str, float]:
     me = [sys.executable, os.path.abspath(__file__)]
-    receiver = subprocess.Popen([*me, "p2p-stalled", "10"], stdout=subprocess.PIPE, text=True)
+    receiver = subprocess.Popen([*me, "p2p-noack", "10"], stdout=subprocess.PIPE, text=True)
     assert receiver.stdout is not None
     port = json.loads(receiver.stdout.readline())["port"]
     sender = subprocess.run(
@@ -364,7 +390,7 @@ def main() -> None:
     held = measure_in_flight(10_000)
     print(
         f"in flight: {held['in_flight']:,.0f} messages unacknowledged (window 10,000, the "
-        f"receiver's application reads nothing): sender RSS grew {held['grown']:.1f} MiB "
+        f"receiver reads them and never acknowledges): sender RSS grew {held['grown']:.1f} MiB "
         f"({held['grown'] * 2**20 / max(held['in_flight'], 1):,.0f} bytes a message)"
     )
     raw_rtt = results["raw", "pingpong"]["rtt_us"]
