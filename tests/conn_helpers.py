@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from trio_p2p._codec import FrameDecoder
-from trio_p2p._connection import LocalNode, PeerConnection
+from trio_p2p._connection import LocalNode, PeerConnection, WriteNowait
 from trio_p2p._events import Event
 
 LIMIT = 1 << 20
@@ -36,6 +36,7 @@ def make_side(
     window: int = 100,
     interval: float = 1.0,
     timeout: float = 5.0,
+    write_nowait: WriteNowait | None = None,
 ) -> Side:
     send, receive = trio.open_memory_channel[Event](event_buffer)
     conn = PeerConnection(
@@ -50,6 +51,7 @@ def make_side(
         send_window=window,
         heartbeat_interval=interval,
         heartbeat_timeout=timeout,
+        write_nowait=write_nowait,
     )
     return Side(conn, receive)
 
@@ -101,4 +103,37 @@ def cut_stream_pair(cut: Cut) -> tuple[trio.abc.Stream, trio.abc.Stream]:
     return (
         trio.StapledStream(a_send, a_receive),
         trio.StapledStream(b_send, b_receive),
+    )
+
+
+def direct_write_pair(
+    plan: list[int | None],
+) -> tuple[trio.abc.Stream, trio.abc.Stream, WriteNowait, list[int]]:
+    """A memory stream pair plus a ``write_nowait`` for the first side.
+
+    Each direct write follows the next step of *plan*: ``None`` writes nothing
+    (``BlockingIOError``), a number writes at most that many bytes, -1 (and every
+    write after the plan runs out) writes everything. Returns the streams, the
+    writer and the byte counts of its calls (0 for ``BlockingIOError``).
+    """
+    a_send, b_receive = trio.testing.memory_stream_one_way_pair()
+    b_send, a_receive = trio.testing.memory_stream_one_way_pair()
+    steps = iter(plan)
+    written: list[int] = []
+
+    def write_nowait(data: bytearray) -> int:
+        step = next(steps, -1)
+        if step is None:
+            written.append(0)
+            raise BlockingIOError
+        count = len(data) if step < 0 else min(step, len(data))
+        b_receive.put_data(bytes(data[:count]))
+        written.append(count)
+        return count
+
+    return (
+        trio.StapledStream(a_send, a_receive),
+        trio.StapledStream(b_send, b_receive),
+        write_nowait,
+        written,
     )

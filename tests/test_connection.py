@@ -21,10 +21,18 @@ from trio_p2p import (
     Text,
 )
 from trio_p2p._codec import FrameDecoder, encode_data, encode_frame
-from trio_p2p._connection import receive_hello, send_frame
+from trio_p2p._connection import QUEUE_LIMIT, receive_hello, send_frame
 from trio_p2p._messages import Goodbye, GoodbyeCode, Message, Ping
 
-from .conn_helpers import LIMIT, Cut, Side, cut_stream_pair, make_side, node
+from .conn_helpers import (
+    LIMIT,
+    Cut,
+    Side,
+    cut_stream_pair,
+    direct_write_pair,
+    make_side,
+    node,
+)
 
 
 async def received_texts(side: Side, count: int) -> list[str]:
@@ -93,6 +101,81 @@ async def test_window_bounds_nowait_sends() -> None:
         with pytest.raises(trio.WouldBlock):
             a.conn.send_nowait(Text("too many"))
         assert a.conn.session.in_flight == 3
+
+
+async def test_unwritten_bytes_bound_nowait_sends_and_send_waits_for_the_writer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(60):
+        _, from_bob = trio.testing.memory_stream_one_way_pair()
+        a = make_side(
+            trio.StapledStream(StuckSend(), from_bob),
+            node("Alice"),
+            node("Bob"),
+            dialer=True,
+            window=10_000,
+            interval=100,
+            timeout=1000,
+        )
+        text = Text("x" * 1000)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            await trio.testing.wait_all_tasks_blocked()
+
+            def fill() -> int:
+                """Send with _nowait until WouldBlock; return how many were queued."""
+                sent = 0
+                while True:
+                    try:
+                        a.conn.send_nowait(text)
+                    except trio.WouldBlock:
+                        return sent
+                    sent += 1
+
+            first = fill()  # nothing written yet: the queue limit, not the window
+            assert 0 < first < QUEUE_LIMIT // 1000 + 2
+            assert len(a.conn._outgoing) < QUEUE_LIMIT + 1100
+            # send waits for the writer to take the queue (its write then sticks)
+            await a.conn.send(text)
+            second = fill()
+            assert 0 < second < QUEUE_LIMIT // 1000 + 2
+            # now the writer is stuck: send waits, and queues nothing meanwhile
+            with trio.move_on_after(10) as scope:
+                await a.conn.send(text)
+            assert scope.cancelled_caught
+            assert a.conn.session.in_flight == first + 1 + second
+            assert len(a.conn._outgoing) < QUEUE_LIMIT + 1100
+            nursery.cancel_scope.cancel()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    plan=st.lists(st.none() | st.integers(-1, 300), max_size=40),
+    kinds=st.lists(st.booleans(), min_size=1, max_size=60),
+)
+async def test_direct_writes_keep_order_whatever_they_manage_to_write(
+    plan: list[int | None], kinds: list[bool]
+) -> None:
+    with trio.fail_after(10):
+        sa, sb, write_nowait, written = direct_write_pair(plan)
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, window=1000, write_nowait=write_nowait)
+        b = make_side(sb, bob, alice, dialer=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            await trio.testing.wait_all_tasks_blocked()
+            texts = [f"m{i}" for i in range(len(kinds))]
+            for text, awaited in zip(texts, kinds, strict=True):
+                if awaited:  # may write directly
+                    await a.conn.send(Text(text))
+                else:
+                    a.conn.send_nowait(Text(text))
+            assert await received_texts(b, len(texts)) == texts
+            await a.conn.flush()
+            if kinds[0]:  # the first send found the connection idle
+                assert written
+            nursery.cancel_scope.cancel()
 
 
 async def test_oversized_message_is_refused_before_it_is_numbered() -> None:

@@ -382,15 +382,18 @@ async def test_leaving_while_a_peer_reads_nothing_still_reports_every_message(
         async with open_messenger("Bob", make_config(event_buffer=1)) as b:
             async with open_messenger("Alice", make_config(send_window=256)) as a:
                 await connect(a, b)
-                for _ in range(256):  # far more than the socket buffers hold
-                    a.send_text_message_nowait(b.peer_id, big)
-                await trio.sleep(0.3)
+                sent = 0
+                with trio.move_on_after(1):  # 16 MiB: far more than the socket buffers hold
+                    while sent < 256:
+                        await a.send_text_message(b.peer_id, big)
+                        sent += 1
+                assert sent < 256  # the stuck writer held the sender back
                 start = trio.current_time()
             # grace + close phase, even though Alice's writer is stuck
             assert trio.current_time() - start < a.config.shutdown_grace + 0.5 + 0.3
             stats = a.statistics()
             assert stats.messages_undelivered > 0
-            assert stats.messages_undelivered + stats.messages_acknowledged == 256
+            assert stats.messages_undelivered + stats.messages_acknowledged == sent
             left = [e async for e in a.events]
             assert any(isinstance(e, PeerDisconnected) for e in left)
             failed = [e for e in left if isinstance(e, DeliveryFailed)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -362,7 +363,8 @@ class Messenger:
             The message as sent (with its id and timestamp).
 
         Raises:
-            trio.WouldBlock: the peer's send window is full.
+            trio.WouldBlock: the peer's send window is full, or 64 KiB of frames
+                wait to be written to it.
             PeerNotConnectedError: no live connection to that peer.
             ValueError: the message is larger than the peer accepts.
             TypeError: *text* is not a str.
@@ -376,7 +378,8 @@ class Messenger:
         The message is delivered at most once and in order, or named in a
         :class:`~trio_p2p.DeliveryFailed` event; :meth:`flush` waits for delivery.
 
-        A full window is waited on until half of it is acknowledged.
+        A full window is waited on until half of it is acknowledged, a full
+        write queue (64 KiB not yet written) until the writer takes it.
 
         Raises:
             PeerNotConnectedError: no live connection to that peer.
@@ -675,6 +678,10 @@ class Messenger:
             send_window=self.config.send_window,
             heartbeat_interval=self.config.heartbeat_interval,
             heartbeat_timeout=self.config.heartbeat_timeout,
+            # An idle connection is written to directly by the sending task (no
+            # wake-up of the writer task): os.write on the socket is a send()
+            # without flags. Only while the connection is open, so the fd is ours.
+            write_nowait=functools.partial(os.write, stream.socket.fileno()),
         )
         self._connections[hello.node_id] = conn
         self._registry_changed.unpark_all()
