@@ -9,7 +9,7 @@ import uuid
 import pytest
 import trio
 import trio.testing
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trio_p2p import (
@@ -153,6 +153,8 @@ async def test_unwritten_bytes_bound_nowait_sends_and_send_waits_for_the_writer(
     plan=st.lists(st.none() | st.integers(-1, 300), max_size=40),
     kinds=st.lists(st.booleans(), min_size=1, max_size=60),
 )
+@example(plan=[0], kinds=[True])  # a direct write that takes nothing
+@example(plan=[None, 5, 0, -1], kinds=[True, True, False, True, True])
 async def test_direct_writes_keep_order_whatever_they_manage_to_write(
     plan: list[int | None], kinds: list[bool]
 ) -> None:
