@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
+from unittest import mock
 
 import pytest
 import trio
@@ -19,6 +20,7 @@ from trio_p2p import (
     PeerNotConnectedError,
     ProtocolError,
     Text,
+    _connection,
 )
 from trio_p2p._codec import FrameDecoder, encode_data, encode_frame
 from trio_p2p._connection import QUEUE_LIMIT, receive_hello, send_frame
@@ -158,7 +160,7 @@ async def test_unwritten_bytes_bound_nowait_sends_and_send_waits_for_the_writer(
 async def test_direct_writes_keep_order_whatever_they_manage_to_write(
     plan: list[int | None], kinds: list[bool]
 ) -> None:
-    with trio.fail_after(10):
+    with trio.fail_after(10), mock.patch.object(_connection, "DIRECT_WRITE_IDLE", 0.0):
         sa, sb, write_nowait, written = direct_write_pair(plan)
         alice, bob = node("Alice"), node("Bob")
         a = make_side(sa, alice, bob, dialer=True, window=1000, write_nowait=write_nowait)
@@ -177,6 +179,36 @@ async def test_direct_writes_keep_order_whatever_they_manage_to_write(
             await a.conn.flush()
             if kinds[0]:  # the first send found the connection idle
                 assert written
+            nursery.cancel_scope.cancel()
+
+
+async def test_only_a_send_on_an_idle_connection_writes_directly(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    with trio.fail_after(10):
+        sa, sb, write_nowait, written = direct_write_pair([])
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, write_nowait=write_nowait)
+        b = make_side(sb, bob, alice, dialer=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            mock_clock.jump(1)
+            await a.conn.send(Text("after a pause"))
+            assert len(written) == 1
+            for i in range(5):  # a burst: the clock has not moved, the writer batches
+                await a.conn.send(Text(f"burst {i}"))
+            assert len(written) == 1
+            await trio.testing.wait_all_tasks_blocked()
+            mock_clock.jump(1)
+            await a.conn.send(Text("after another pause"))
+            assert len(written) == 2
+            texts = await received_texts(b, 7)
+            assert texts == [
+                "after a pause",
+                *(f"burst {i}" for i in range(5)),
+                "after another pause",
+            ]
             nursery.cancel_scope.cancel()
 
 

@@ -65,6 +65,10 @@ RECEIVE_SIZE = 64 * 1024
 #: the messages' size, and a producer that sends without checkpoints lets the
 #: writer (and so the peer) work in step with it instead of after a full window.
 QUEUE_LIMIT = 64 * 1024
+#: ``send`` writes directly (see ``write_nowait``) only on a connection that has
+#: written nothing for this long: request/response traffic, where it saves a task
+#: switch. A loop of sends is left to the writer, which batches it.
+DIRECT_WRITE_IDLE = 50e-6
 #: The writer stops waiting for more to coalesce once this much is queued.
 COALESCE_LIMIT = 256 * 1024
 #: While the application holds the reader back, acknowledge every this many messages.
@@ -300,7 +304,12 @@ class PeerConnection:
         outgoing += frame
         self.messages_sent += 1
         self.frames_sent += 1
-        if eager and idle and self._write_nowait is not None:
+        if (
+            eager
+            and idle
+            and self._write_nowait is not None
+            and trio.current_time() - self._last_sent >= DIRECT_WRITE_IDLE
+        ):
             self._write_now(self._write_nowait)
         elif self._writer_lot:
             self._writer_lot.unpark()
