@@ -11,6 +11,15 @@ from trio_p2p._messages import (
     Beacon,
     BeaconKind,
     Data,
+    FileAccept,
+    FileCancel,
+    FileChunk,
+    FileConfirm,
+    FileEnd,
+    FileFrame,
+    FileOffer,
+    FileReject,
+    FileVerdict,
     Frame,
     Goodbye,
     GoodbyeCode,
@@ -59,7 +68,31 @@ hellos = st.builds(
     ).map(tuple),
 )
 
+transfer_ids = st.uuids()
+offsets = st.integers(0, 2**63 - 1)
+reasons = st.text(max_size=100)
+
+file_frames: st.SearchStrategy[FileFrame] = st.one_of(
+    st.builds(
+        FileOffer,
+        transfer=transfer_ids,
+        name=st.text(min_size=1, max_size=100),
+        size=offsets,
+        chunk_size=st.integers(1, 2**32 - 1),
+        mtime_ns=st.integers(-(2**63), 2**63 - 1),
+    ),
+    st.builds(FileAccept, transfer=transfer_ids, offset=offsets),
+    st.builds(FileReject, transfer=transfer_ids, reason=reasons),
+    st.builds(FileChunk, transfer=transfer_ids, offset=offsets, data=st.binary(min_size=1)),
+    st.builds(FileConfirm, transfer=transfer_ids, offset=offsets),
+    st.builds(FileEnd, transfer=transfer_ids, digest=st.binary(min_size=32, max_size=32)),
+    st.builds(FileVerdict, transfer=transfer_ids, verified=st.just(True), reason=st.just("")),
+    st.builds(FileVerdict, transfer=transfer_ids, verified=st.just(False), reason=reasons),
+    st.builds(FileCancel, transfer=transfer_ids, reason=reasons),
+)
+
 frames: st.SearchStrategy[Frame] = st.one_of(
+    file_frames,
     hellos,
     st.builds(Data, seq=seqs, message=messages),
     st.builds(Ack, seq=seqs),

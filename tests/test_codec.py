@@ -68,6 +68,19 @@ def data_payload(**changes: object) -> dict[str, object]:
     return payload
 
 
+def offer_payload(**changes: object) -> dict[str, object]:
+    payload: dict[str, object] = {
+        "t": "fo",
+        "id": b"i" * 16,
+        "n": "a.txt",
+        "s": 10,
+        "k": 1024,
+        "mt": 0,
+    }
+    payload.update(changes)
+    return payload
+
+
 @given(frames)
 def test_every_frame_round_trips(frame: Frame) -> None:
     encoded = encode_frame(frame)
@@ -204,6 +217,38 @@ def test_prefix_checked_as_soon_as_its_four_bytes_arrive() -> None:
             pytest.param(frame_of(data_payload(ts=ts)), "timestamp", id=f"timestamp-{ts}")
             for ts in (float("nan"), float("inf"), -float("inf"), 1e300)
         ],
+        pytest.param(frame_of(offer_payload(n="")), "file name", id="offer-empty-name"),
+        pytest.param(frame_of(offer_payload(n="x" * 5000)), "file name", id="offer-long-name"),
+        pytest.param(frame_of(offer_payload(s=-1)), "offset", id="offer-negative-size"),
+        pytest.param(frame_of(offer_payload(k=0)), "chunk size", id="offer-zero-chunk"),
+        pytest.param(frame_of(offer_payload(mt=2**63)), "modification time", id="offer-huge-mtime"),
+        pytest.param(frame_of(offer_payload(s=True)), "integer", id="offer-bool-size"),
+        pytest.param(frame_of({"t": "fa", "id": b"i" * 16, "o": -5}), "offset", id="accept-neg"),
+        pytest.param(
+            frame_of({"t": "fc", "id": b"i" * 16, "o": 0, "d": b""}),
+            "empty chunk",
+            id="empty-chunk",
+        ),
+        pytest.param(
+            frame_of({"t": "fc", "id": b"i" * 16, "o": 0, "d": "text"}),
+            "byte string",
+            id="text-chunk",
+        ),
+        pytest.param(
+            frame_of({"t": "fe", "id": b"i" * 16, "h": b"x" * 31}), "digest", id="short-digest"
+        ),
+        pytest.param(
+            frame_of({"t": "fv", "id": b"i" * 16, "ok": 1, "r": ""}), "boolean", id="int-as-bool"
+        ),
+        pytest.param(
+            frame_of({"t": "fv", "id": b"i" * 16, "ok": True, "r": "x"}),
+            "reason",
+            id="verified-with-reason",
+        ),
+        pytest.param(
+            frame_of({"t": "fx", "id": b"i" * 16, "r": "x" * 2000}), "reason", id="long-reason"
+        ),
+        pytest.param(frame_of({"t": "fk", "id": b"short", "o": 1}), "16-byte", id="confirm-bad-id"),
     ],
 )
 def test_malformed_frames_raise_protocol_error(raw: bytes, match: str | None) -> None:

@@ -22,6 +22,14 @@ from trio_p2p._messages import (
     Beacon,
     BeaconKind,
     Data,
+    FileAccept,
+    FileCancel,
+    FileChunk,
+    FileConfirm,
+    FileEnd,
+    FileOffer,
+    FileReject,
+    FileVerdict,
     Frame,
     Goodbye,
     GoodbyeCode,
@@ -37,6 +45,7 @@ PROTOCOL_RST = Path(__file__).parent.parent / "docs" / "protocol.rst"
 ALICE = uuid.UUID(int=1)
 BOB = uuid.UUID(int=2)
 TIMESTAMP = 1700000000.5
+TRANSFER = uuid.UUID(int=5)
 
 VALUES: dict[str, Frame | Beacon] = {
     "hello": Hello(
@@ -85,6 +94,22 @@ VALUES: dict[str, Frame | Beacon] = {
         GoodbyeCode.DUPLICATE,
         "simultaneous dial: the smaller node id's dial wins",
     ),
+    "file-offer": FileOffer(
+        transfer=TRANSFER,
+        name="notes.txt",
+        size=3,
+        chunk_size=1048576,
+        mtime_ns=1700000000500000000,
+    ),
+    "file-accept": FileAccept(TRANSFER, offset=0),
+    "file-accept-resume": FileAccept(TRANSFER, offset=2),
+    "file-reject": FileReject(TRANSFER, "not now"),
+    "file-chunk": FileChunk(TRANSFER, offset=0, data=b"abc"),
+    "file-confirm": FileConfirm(TRANSFER, offset=3),
+    "file-end": FileEnd(TRANSFER, digest=bytes(range(32))),
+    "file-verdict": FileVerdict(TRANSFER, verified=True, reason=""),
+    "file-verdict-failed": FileVerdict(TRANSFER, verified=False, reason="corrupt"),
+    "file-cancel": FileCancel(TRANSFER, "cancelled"),
     "beacon-announce": Beacon(BeaconKind.ANNOUNCE, node_id=ALICE, name="Alice", port=6969),
     "beacon-request": Beacon(BeaconKind.REQUEST, node_id=BOB, name="Bob", port=40001),
     "beacon-goodbye": Beacon(BeaconKind.GOODBYE, node_id=ALICE, name="Alice", port=6969),
@@ -136,7 +161,16 @@ def test_every_documented_vector_is_checked() -> None:
 
 def test_the_required_kinds_are_all_documented() -> None:
     kinds = {type(value) for value in VALUES.values()}
-    assert kinds == {Hello, Data, Ack, Ping, Pong, Goodbye, Beacon}
+    assert kinds == {Hello, Data, Ack, Ping, Pong, Goodbye, Beacon} | {
+        FileOffer,
+        FileAccept,
+        FileReject,
+        FileChunk,
+        FileConfirm,
+        FileEnd,
+        FileVerdict,
+        FileCancel,
+    }
 
 
 @pytest.mark.parametrize("name", sorted(VALUES))

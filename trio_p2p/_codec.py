@@ -32,6 +32,14 @@ from ._messages import (
     BeaconKind,
     Content,
     Data,
+    FileAccept,
+    FileCancel,
+    FileChunk,
+    FileConfirm,
+    FileEnd,
+    FileOffer,
+    FileReject,
+    FileVerdict,
     Frame,
     Goodbye,
     GoodbyeCode,
@@ -43,7 +51,10 @@ from ._messages import (
 )
 
 __all__ = [
+    "DIGEST_SIZE",
     "MAX_BEACON_SIZE",
+    "MAX_FILE_NAME_BYTES",
+    "MAX_REASON_CHARS",
     "FrameDecoder",
     "MessageIds",
     "decode_beacon",
@@ -55,6 +66,12 @@ __all__ = [
 
 #: Largest beacon datagram sent or accepted.
 MAX_BEACON_SIZE = 512
+#: Longest reason a goodbye, reject, verdict or cancel may carry.
+MAX_REASON_CHARS = 1024
+#: Longest file name an offer may carry, in UTF-8 bytes (the receiver shortens it).
+MAX_FILE_NAME_BYTES = 4096
+#: Size of a BLAKE3 digest in a :class:`FileEnd`.
+DIGEST_SIZE = 32
 #: Deepest nesting of CBOR containers accepted (our frames need 2).
 _MAX_DEPTH = 4
 _HEADER = struct.Struct(">I")
@@ -85,6 +102,12 @@ def _float(value: object, _: object) -> float:
     if type(value) is int:
         return float(value)
     _fail("number", value)
+
+
+def _bool(value: object, _: object) -> bool:
+    if type(value) is not bool:
+        _fail("boolean", value)
+    return value
 
 
 def _bytes(value: object, _: object) -> bytes:
@@ -229,6 +252,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _int)
     conv.register_structure_hook(float, _float)
     conv.register_structure_hook(bytes, _bytes)
+    conv.register_structure_hook(bool, _bool)
     conv.register_structure_hook(uuid.UUID, _uuid)
     conv.register_unstructure_hook(uuid.UUID, lambda u: u.bytes)
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
@@ -251,6 +275,20 @@ def _make_converter() -> cattrs.Converter:
         Beacon: {"kind": "k", "node_id": "id", "name": "n", "port": "p", "version": "v"},
         Ping: {},
         Pong: {},
+        FileOffer: {
+            "transfer": "id",
+            "name": "n",
+            "size": "s",
+            "chunk_size": "k",
+            "mtime_ns": "mt",
+        },
+        FileAccept: {"transfer": "id", "offset": "o"},
+        FileReject: {"transfer": "id", "reason": "r"},
+        FileChunk: {"transfer": "id", "offset": "o", "data": "d"},
+        FileConfirm: {"transfer": "id", "offset": "o"},
+        FileEnd: {"transfer": "id", "digest": "h"},
+        FileVerdict: {"transfer": "id", "verified": "ok", "reason": "r"},
+        FileCancel: {"transfer": "id", "reason": "r"},
     }
     for cls, names in renames.items():
         overrides = {field: override(rename=key) for field, key in names.items()}
@@ -282,15 +320,59 @@ def _validate_ack(ack: Ack) -> None:
     _check_seq(ack.seq)
 
 
+def _check_reason(reason: str) -> None:
+    if len(reason) > MAX_REASON_CHARS:
+        raise ValueError(f"reason longer than {MAX_REASON_CHARS} characters")
+
+
 def _validate_goodbye(goodbye: Goodbye) -> None:
-    if len(goodbye.reason) > 1024:
-        raise ValueError("goodbye reason longer than 1024 characters")
+    _check_reason(goodbye.reason)
+
+
+def _check_offset(offset: int) -> None:
+    if not 0 <= offset <= _MAX_SEQ:
+        raise ValueError(f"offset out of range: {offset}")
+
+
+def _validate_offer(offer: FileOffer) -> None:
+    if not offer.name or len(offer.name.encode("utf-8", "surrogatepass")) > MAX_FILE_NAME_BYTES:
+        raise ValueError(f"a file name must be 1 to {MAX_FILE_NAME_BYTES} UTF-8 bytes")
+    _check_offset(offer.size)
+    if not 1 <= offer.chunk_size <= 2**32 - 1:
+        raise ValueError(f"chunk size out of range: {offer.chunk_size}")
+    if not -(2**63) <= offer.mtime_ns <= 2**63 - 1:
+        raise ValueError(f"modification time out of range: {offer.mtime_ns}")
+
+
+def _validate_chunk(chunk: FileChunk) -> None:
+    _check_offset(chunk.offset)
+    if not chunk.data:
+        raise ValueError("empty chunk")
+
+
+def _validate_end(end: FileEnd) -> None:
+    if len(end.digest) != DIGEST_SIZE:
+        raise ValueError(f"a digest must be {DIGEST_SIZE} bytes, got {len(end.digest)}")
+
+
+def _validate_verdict(verdict: FileVerdict) -> None:
+    _check_reason(verdict.reason)
+    if verdict.verified and verdict.reason:
+        raise ValueError("a verified verdict has no reason")
 
 
 _VALIDATORS: dict[type[Any], Callable[[Any], None]] = {
     Hello: _validate_hello,
     Ack: _validate_ack,
     Goodbye: _validate_goodbye,
+    FileOffer: _validate_offer,
+    FileAccept: lambda frame: _check_offset(frame.offset),
+    FileReject: lambda frame: _check_reason(frame.reason),
+    FileChunk: _validate_chunk,
+    FileConfirm: lambda frame: _check_offset(frame.offset),
+    FileEnd: _validate_end,
+    FileVerdict: _validate_verdict,
+    FileCancel: lambda frame: _check_reason(frame.reason),
 }
 
 # ---------------------------------------------------------------- decoding

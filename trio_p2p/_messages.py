@@ -22,6 +22,15 @@ __all__ = [
     "BeaconKind",
     "Content",
     "Data",
+    "FileAccept",
+    "FileCancel",
+    "FileChunk",
+    "FileConfirm",
+    "FileEnd",
+    "FileFrame",
+    "FileOffer",
+    "FileReject",
+    "FileVerdict",
     "Frame",
     "Goodbye",
     "GoodbyeCode",
@@ -168,8 +177,143 @@ class Goodbye:
     reason: str
 
 
+# ------------------------------------------------------------ file frames
+#
+# A file transfer is a conversation of its own beside the messages: its frames
+# carry no sequence number and are not acknowledged like messages. Each names
+# its transfer by the 16-byte id the sender chose in the offer.
+
+
+@attrs.frozen
+class FileOffer:
+    """The sender proposes a file (wire tag ``"fo"``).
+
+    Attributes:
+        transfer: id of the transfer, chosen by the sender (a random UUID4).
+        name: the file's name as the sender has it (the receiver makes it safe).
+        size: the file's size in bytes.
+        chunk_size: largest chunk the sender will send.
+        mtime_ns: the file's modification time, ns since the Unix epoch (with the
+            name and size, what lets a receiver recognise a file it holds part of).
+    """
+
+    transfer: uuid.UUID
+    name: str
+    size: int
+    chunk_size: int
+    mtime_ns: int
+
+
+@attrs.frozen
+class FileAccept:
+    """The receiver takes the file, from *offset* on (wire tag ``"fa"``).
+
+    Attributes:
+        transfer: id of the transfer.
+        offset: bytes the receiver already holds (0, or where a resume starts).
+    """
+
+    transfer: uuid.UUID
+    offset: int
+
+
+@attrs.frozen
+class FileReject:
+    """The receiver declines the offer (wire tag ``"fr"``).
+
+    Attributes:
+        transfer: id of the transfer.
+        reason: a sentence a person can read.
+    """
+
+    transfer: uuid.UUID
+    reason: str
+
+
+@attrs.define
+class FileChunk:
+    """Bytes of the file at *offset* (wire tag ``"fc"``).
+
+    Attributes:
+        transfer: id of the transfer.
+        offset: where *data* starts in the file: exactly where the previous chunk
+            ended (or the accepted offset, for the first).
+        data: 1 to ``chunk_size`` bytes.
+    """
+
+    transfer: uuid.UUID
+    offset: int
+    data: bytes
+
+
+@attrs.frozen
+class FileConfirm:
+    """The receiver has written the file up to *offset* (wire tag ``"fk"``).
+
+    Attributes:
+        transfer: id of the transfer.
+        offset: bytes written so far (never less than an earlier confirmation).
+    """
+
+    transfer: uuid.UUID
+    offset: int
+
+
+@attrs.frozen
+class FileEnd:
+    """Every byte is sent; here is the digest of the whole file (wire tag ``"fe"``).
+
+    Attributes:
+        transfer: id of the transfer.
+        digest: BLAKE3 digest (32 bytes) of the whole file, from byte 0.
+    """
+
+    transfer: uuid.UUID
+    digest: bytes
+
+
+@attrs.frozen
+class FileVerdict:
+    """The receiver's verdict after the end (wire tag ``"fv"``).
+
+    Attributes:
+        transfer: id of the transfer.
+        verified: True if the digest matched and the file is saved.
+        reason: why not, when not verified (empty when verified).
+    """
+
+    transfer: uuid.UUID
+    verified: bool
+    reason: str
+
+
+@attrs.frozen
+class FileCancel:
+    """Either side abandons the transfer (wire tag ``"fx"``).
+
+    Attributes:
+        transfer: id of the transfer.
+        reason: a sentence a person can read.
+    """
+
+    transfer: uuid.UUID
+    reason: str
+
+
+#: The frames of a file transfer.
+FileFrame = (
+    FileOffer
+    | FileAccept
+    | FileReject
+    | FileChunk
+    | FileConfirm
+    | FileEnd
+    | FileVerdict
+    | FileCancel
+)
+
 #: Every frame a connection can carry.
-Frame = Hello | Data | Ack | Ping | Pong | Goodbye
+Frame = Hello | Data | Ack | Ping | Pong | Goodbye | FileFrame
 
 #: Wire tag of each frame class.
 FRAME_TAGS: dict[type[Frame], str] = {
@@ -179,6 +323,14 @@ FRAME_TAGS: dict[type[Frame], str] = {
     Ping: "p",
     Pong: "o",
     Goodbye: "g",
+    FileOffer: "fo",
+    FileAccept: "fa",
+    FileReject: "fr",
+    FileChunk: "fc",
+    FileConfirm: "fk",
+    FileEnd: "fe",
+    FileVerdict: "fv",
+    FileCancel: "fx",
 }
 
 
