@@ -41,7 +41,7 @@ nitpick_ignore_regex = [
     # Trio: channels, exceptions, the clock, streams...
     (r"py:.*", r"trio\..*"),
     # The standard library.
-    (r"py:.*", r"(uuid|datetime|collections\.abc|typing|types|contextlib)\..*"),
+    (r"py:.*", r"(uuid|datetime|collections\.abc|typing|types|contextlib|os|pathlib|enum)\..*"),
     (r"py:class", r"(AsyncIterator|Mapping|Sequence|Iterable|MappingProxyType)"),
     (r"py:class", r"(UUID|NoneType)"),
     # attrs

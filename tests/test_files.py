@@ -10,7 +10,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from trio_p2p._files import MAX_NAME_BYTES, safe_filename, unique_path
+from trio_p2p._files import (
+    MAX_NAME_BYTES,
+    DownloadFolder,
+    resume_key,
+    safe_filename,
+    unique_path,
+)
 
 HOSTILE = [
     "../../x",
@@ -128,3 +134,63 @@ def test_unique_path_never_names_an_existing_file(tmp_path: pathlib.Path) -> Non
     other = unique_path(tmp_path, long)
     assert other.name.endswith(" (1).txt")
     assert len(other.name.encode()) <= MAX_NAME_BYTES
+
+
+DESCRIBES: dict[str, object] = {"sender": "Alice", "name": "a.bin", "size": 10, "mtime_ns": 1}
+
+
+def test_a_partial_resumes_only_the_same_file(tmp_path: pathlib.Path) -> None:
+    folder = DownloadFolder(tmp_path / "dl", 0)
+    key = resume_key("Alice", "a.bin", 10, 1)
+    partial = folder.open_partial(key, DESCRIBES, 10)
+    assert partial.offset == 0
+    assert partial.sidecar.exists()  # written before any data
+    partial.file.write(b"hello")
+    partial.file.close()
+    assert folder.held(key, DESCRIBES, 10) == 5
+    assert folder.held(key, {**DESCRIBES, "mtime_ns": 2}, 10) == 0  # another file
+    assert folder.held(key, DESCRIBES, 4) == 0  # holds more than the file has
+    again = folder.open_partial(key, DESCRIBES, 10)
+    assert again.offset == 5
+    again.file.write(b"world")
+    saved = folder.finish(again, "a.bin")
+    assert saved == tmp_path / "dl" / "a.bin"
+    assert saved.read_bytes() == b"helloworld"
+    assert sorted(p.name for p in saved.parent.iterdir()) == ["a.bin"]
+
+
+def test_finishing_never_overwrites(tmp_path: pathlib.Path) -> None:
+    folder = DownloadFolder(tmp_path, 0)
+    (tmp_path / "a.bin").write_bytes(b"precious")
+    partial = folder.open_partial(resume_key("A", "a.bin", 3, 0), DESCRIBES, 3)
+    partial.file.write(b"new")
+    saved = folder.finish(partial, "../a.bin")
+    assert saved == tmp_path / "a (1).bin"
+    assert (tmp_path / "a.bin").read_bytes() == b"precious"
+    assert saved.read_bytes() == b"new"
+
+
+def test_discard_and_sweep_remove_only_partials(tmp_path: pathlib.Path) -> None:
+    folder = DownloadFolder(tmp_path, 0)
+    old = folder.open_partial(resume_key("A", "old", 1, 0), DESCRIBES, 1)
+    old.file.close()
+    fresh = folder.open_partial(resume_key("A", "new", 1, 0), DESCRIBES, 1)
+    fresh.file.close()
+    (tmp_path / "mine.txt").write_text("not ours to remove")
+    (tmp_path / ".hidden").write_text("not ours either")
+    for path in (old.path, old.sidecar):
+        os.utime(path, (1000, 1000))
+    assert folder.sweep(ttl=3600) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".hidden", "mine.txt", fresh.path.name, fresh.sidecar.name]
+    )
+    folder.discard(folder.open_partial(resume_key("A", "new", 1, 0), DESCRIBES, 1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "mine.txt"]
+    assert DownloadFolder(tmp_path / "missing", 0).sweep(ttl=1) == 0
+
+
+def test_room_is_checked_with_the_margin(tmp_path: pathlib.Path) -> None:
+    folder = DownloadFolder(tmp_path / "not-yet", 1 << 20)
+    folder.check_room(1000)  # the nearest existing parent's file system is used
+    with pytest.raises(OSError, match="not enough free space"):
+        DownloadFolder(tmp_path, 1 << 62).check_room(1)

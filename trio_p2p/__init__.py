@@ -13,14 +13,21 @@ from ._errors import ProtocolError as ProtocolError
 from ._errors import TransferError as TransferError
 from ._errors import TrioP2PError as TrioP2PError
 from ._events import DeliveryFailed as DeliveryFailed
+from ._events import Direction as Direction
 from ._events import Error as Error
 from ._events import Event as Event
+from ._events import FileOffered as FileOffered
+from ._events import FileTransferCompleted as FileTransferCompleted
+from ._events import FileTransferFailed as FileTransferFailed
+from ._events import FileTransferProgress as FileTransferProgress
+from ._events import FileTransferStarted as FileTransferStarted
 from ._events import MessageReceived as MessageReceived
 from ._events import PeerConnected as PeerConnected
 from ._events import PeerDisconnected as PeerDisconnected
 from ._events import PeerDiscovered as PeerDiscovered
 from ._events import PeerInfo as PeerInfo
 from ._events import PeerLost as PeerLost
+from ._events import Transfer as Transfer
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._messages import Content as Content
 from ._messages import Message as Message
@@ -36,8 +43,14 @@ __all__ = [
     "Content",
     "DeliveryError",
     "DeliveryFailed",
+    "Direction",
     "Error",
     "Event",
+    "FileOffered",
+    "FileTransferCompleted",
+    "FileTransferFailed",
+    "FileTransferProgress",
+    "FileTransferStarted",
     "HandshakeError",
     "Message",
     "MessageReceived",
@@ -51,6 +64,7 @@ __all__ = [
     "ProtocolError",
     "Statistics",
     "Text",
+    "Transfer",
     "TransferError",
     "TrioP2PError",
     "__version__",

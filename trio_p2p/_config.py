@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import pathlib
 from collections.abc import Iterable
 
 import attrs
 
-__all__ = ["Config"]
+__all__ = ["CHUNK_OVERHEAD", "Config"]
+
+#: Bytes of a chunk frame besides its data (prefix, map, id, offset: 50 at
+#: most), with room to spare.
+CHUNK_OVERHEAD = 128
 
 
 def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -23,6 +29,14 @@ def _port(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
 def _at_least_one(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
     if value < 1:
         raise ValueError(f"Config.{attribute.name} must be >= 1, got {value!r}")
+
+
+def _default_download_dir() -> pathlib.Path:
+    return pathlib.Path.home() / "Downloads" / "trio_p2p"
+
+
+def _path(value: str | os.PathLike[str]) -> pathlib.Path:
+    return pathlib.Path(value).expanduser()
 
 
 def _addresses(value: Iterable[str] | None) -> tuple[str, ...] | None:
@@ -69,6 +83,23 @@ class Config:
         shutdown_grace: seconds leaving ``open_messenger`` waits for unacknowledged
             messages to be acknowledged before closing the connections (which then
             takes at most half a second more).
+        chunk_size: largest piece of a file sent in one frame (smaller if the
+            peer's frame limit requires it).
+        download_dir: where received files are saved (created when first needed).
+            Default: ``~/Downloads/trio_p2p``.
+        auto_accept_files: accept every offer at once; if False, offers arrive as
+            :class:`~trio_p2p.FileOffered` events for ``accept_file`` /
+            ``reject_file``.
+        max_file_size: larger offers are rejected; None for no limit (besides the
+            free space).
+        offer_timeout: seconds an offer waits for ``accept_file`` before it is
+            rejected.
+        max_incoming_transfers: transfers one peer may have coming in at once;
+            further offers are rejected.
+        free_space_margin: an offer is rejected unless the download folder's file
+            system keeps at least this many bytes free after the file.
+        partial_ttl: seconds a partial file (kept to resume an interrupted
+            transfer) may stay unclaimed before it is removed.
     """
 
     discovery_port: int = attrs.field(default=6968, validator=_port)
@@ -89,6 +120,14 @@ class Config:
     send_window: int = attrs.field(default=4096, validator=_at_least_one)
     event_buffer: int = attrs.field(default=1024, validator=_at_least_one)
     shutdown_grace: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
+    chunk_size: int = attrs.field(default=1024 * 1024, validator=_at_least_one)
+    download_dir: pathlib.Path = attrs.field(factory=_default_download_dir, converter=_path)
+    auto_accept_files: bool = True
+    max_file_size: int | None = None
+    offer_timeout: float = attrs.field(default=60.0, validator=_positive)
+    max_incoming_transfers: int = attrs.field(default=16, validator=_at_least_one)
+    free_space_margin: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))
+    partial_ttl: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.announce_interval:
@@ -97,3 +136,10 @@ class Config:
             raise ValueError("Config.heartbeat_timeout must be longer than heartbeat_interval")
         if not 1024 <= self.max_frame_size <= 2**32 - 1:
             raise ValueError("Config.max_frame_size must be between 1024 and 2**32 - 1 bytes")
+        if self.chunk_size > self.max_frame_size - CHUNK_OVERHEAD:
+            raise ValueError(
+                f"Config.chunk_size must leave {CHUNK_OVERHEAD} bytes of max_frame_size for "
+                "the chunk frame's other fields"
+            )
+        if self.max_file_size is not None and self.max_file_size < 0:
+            raise ValueError("Config.max_file_size must be >= 0 or None")

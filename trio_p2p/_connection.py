@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import attrs
 import trio
@@ -29,6 +30,15 @@ from ._messages import (
     Ack,
     Content,
     Data,
+    FileAccept,
+    FileCancel,
+    FileChunk,
+    FileConfirm,
+    FileEnd,
+    FileFrame,
+    FileOffer,
+    FileReject,
+    FileVerdict,
     Frame,
     Goodbye,
     GoodbyeCode,
@@ -38,9 +48,11 @@ from ._messages import (
     Pong,
 )
 from ._session import Session
+from ._transfer import IncomingTransfer, OutgoingTransfer, Transfers
 
 __all__ = [
     "HELLO_LIMIT",
+    "FileHandler",
     "LocalNode",
     "PeerConnection",
     "WriteNowait",
@@ -53,6 +65,33 @@ bad_input = RateLimitedWarnings(logger)
 
 #: Writes what it can of its argument now and returns how many bytes it wrote.
 WriteNowait = Callable[[bytearray], int]
+
+_FILE_FRAMES = (
+    FileOffer,
+    FileAccept,
+    FileReject,
+    FileChunk,
+    FileConfirm,
+    FileEnd,
+    FileVerdict,
+    FileCancel,
+)
+
+
+class FileHandler(Protocol):
+    """What runs the file transfers of a connection (the messenger's file service)."""
+
+    async def on_frame(
+        self,
+        conn: PeerConnection,
+        transfer: OutgoingTransfer | IncomingTransfer,
+        frame: FileFrame,
+    ) -> None:
+        """*frame* from the peer has been applied to *transfer*; act on it.
+
+        Called by the connection's reader: waiting here holds the reader back.
+        """
+
 
 #: Frame limit while waiting for a hello (an unauthenticated peer may not make
 #: this node buffer more than this before the handshake).
@@ -215,6 +254,10 @@ class PeerConnection:
         self._heartbeat_timeout = heartbeat_timeout
         self._max_body = min(hello.max_frame_size, local.max_frame_size)
         self._ids = MessageIds()
+        #: the file transfers on this connection, both ways
+        self.transfers = Transfers()
+        #: runs them; without one, a file frame is a protocol error
+        self.files: FileHandler | None = None
         #: per-frame DEBUG logging, decided once per connection (the per-message
         #: path then pays one attribute check)
         self._debug = logger.isEnabledFor(logging.DEBUG)
@@ -381,6 +424,33 @@ class PeerConnection:
             if self.reason is not None:
                 raise DeliveryError(self.peer_id, self.session.unacknowledged(), self.reason)
             await self._ack_lot.park()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    @property
+    def max_body(self) -> int:
+        """Largest frame body that may be sent on this connection."""
+        return self._max_body
+
+    def send_frame_nowait(self, frame: FileFrame) -> None:
+        """Queue a (small) file-transfer frame.
+
+        Raises:
+            PeerNotConnectedError: the connection is closing or closed.
+        """
+        if not self.is_open:
+            raise PeerNotConnectedError(self.peer_id, self.reason or "the connection is closing")
+        self._queue(frame)
+
+    async def send_frame(self, frame: FileFrame) -> None:
+        """Queue a file-transfer frame, waiting while the write queue is full.
+
+        Raises:
+            PeerNotConnectedError: the connection is closing or closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self.is_open and len(self._outgoing) >= QUEUE_LIMIT:
+            await self._drained_lot.park()
+        self.send_frame_nowait(frame)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _append(self, frame: Frame) -> None:
@@ -602,6 +672,17 @@ class PeerConnection:
             pass
         elif type(frame) is Goodbye:
             raise _Ended(f"the peer closed the connection ({frame.code}): {frame.reason}")
+        elif isinstance(frame, _FILE_FRAMES) and self.files is not None:
+            transfer = self.transfers.receive(frame)
+            if transfer is not None:
+                # Waiting for the disk is like waiting for the application: the
+                # peer is not silent because this reader does not read.
+                self._reader_blocked = True
+                try:
+                    await self.files.on_frame(self, transfer, frame)
+                finally:
+                    self._reader_blocked = False
+                    self._last_received = trio.current_time()
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__} after the handshake")
 

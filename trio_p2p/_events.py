@@ -6,22 +6,32 @@ All are frozen attrs classes; :data:`Event` is their closed union, so a
 
 from __future__ import annotations
 
+import enum
+import pathlib
 import uuid
 
 import attrs
 
+from ._errors import TransferError
 from ._messages import Message
 
 __all__ = [
     "DeliveryFailed",
+    "Direction",
     "Error",
     "Event",
+    "FileOffered",
+    "FileTransferCompleted",
+    "FileTransferFailed",
+    "FileTransferProgress",
+    "FileTransferStarted",
     "MessageReceived",
     "PeerConnected",
     "PeerDisconnected",
     "PeerDiscovered",
     "PeerInfo",
     "PeerLost",
+    "Transfer",
 ]
 
 
@@ -134,6 +144,110 @@ class Error:
     error: Exception
 
 
+class Direction(enum.StrEnum):
+    """Which way a :class:`Transfer` goes."""
+
+    #: this node sends the file
+    SEND = "send"
+    #: this node receives the file
+    RECEIVE = "receive"
+
+
+@attrs.frozen
+class Transfer:
+    """A file transfer, as it stood when the event carrying it was made.
+
+    Attributes:
+        id: the transfer id (chosen by the sender, the same on both ends).
+        peer_id: the node at the other end.
+        filename: the file's name as the sender offered it (for a received file,
+            the saved name is ``path.name``, made safe and unique).
+        size: the file's size in bytes.
+        direction: :attr:`Direction.SEND` or :attr:`Direction.RECEIVE`.
+        path: for a sent file, the file read; for a received file, where it was
+            saved (None until it is).
+        offset: where the transfer started: 0, or what the receiver already held
+            from an interrupted transfer of the same file (a resume).
+    """
+
+    id: uuid.UUID
+    peer_id: uuid.UUID
+    filename: str
+    size: int
+    direction: Direction
+    path: pathlib.Path | None = None
+    offset: int = 0
+
+
+@attrs.frozen
+class FileOffered:
+    """A peer offers a file and waits for ``accept_file`` or ``reject_file``.
+
+    Sent only when ``Config.auto_accept_files`` is False (otherwise offers are
+    accepted at once); an offer not answered within ``Config.offer_timeout`` is
+    rejected.
+
+    Attributes:
+        transfer: the offered transfer.
+    """
+
+    transfer: Transfer
+
+
+@attrs.frozen
+class FileTransferStarted:
+    """A transfer was accepted and its bytes start to flow.
+
+    Attributes:
+        transfer: the transfer (``offset`` says where a resume starts).
+    """
+
+    transfer: Transfer
+
+
+@attrs.frozen
+class FileTransferProgress:
+    """Bytes of a file confirmed written by the receiver.
+
+    Sent at most every 0.1 s per transfer (and skipped while the event channel
+    is full), always once more at 100%.
+
+    Attributes:
+        transfer: the transfer.
+        bytes_transferred: bytes the receiver holds, from 0 (a resume starts at
+            its offset).
+        total_bytes: the file's size.
+    """
+
+    transfer: Transfer
+    bytes_transferred: int
+    total_bytes: int
+
+
+@attrs.frozen
+class FileTransferCompleted:
+    """The receiver verified the file's digest and saved it.
+
+    Attributes:
+        transfer: the transfer; on the receiving side ``path`` is the saved file.
+    """
+
+    transfer: Transfer
+
+
+@attrs.frozen
+class FileTransferFailed:
+    """A transfer ended without a verified file.
+
+    Attributes:
+        transfer: the transfer.
+        error: why (its ``reason`` is a sentence a person can read).
+    """
+
+    transfer: Transfer
+    error: TransferError
+
+
 #: The closed union of every event on ``Messenger.events``.
 Event = (
     PeerDiscovered
@@ -142,5 +256,10 @@ Event = (
     | PeerDisconnected
     | MessageReceived
     | DeliveryFailed
+    | FileOffered
+    | FileTransferStarted
+    | FileTransferProgress
+    | FileTransferCompleted
+    | FileTransferFailed
     | Error
 )

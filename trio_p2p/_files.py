@@ -1,17 +1,50 @@
-"""Files on the receiving side: safe names in the download folder.
+"""Files on disk for transfers: safe names, partial files, hashing. Blocking code.
 
 The offered name comes from the network: it is reduced to one safe base name
 before it touches the file system, so that a peer can never write outside the
 download folder, over an existing file, or under a name that means something
 else to the system (a device on Windows, a hidden file, a path).
+
+A file being received is written to a hidden *partial* file in the download
+folder, with a *sidecar* beside it that says which file it is part of; both are
+named after the resume key (:func:`resume_key`). Only a verified file is moved
+to its final name, and never over an existing file. The functions here block:
+the transfer tasks run them in worker threads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import pathlib
+import shutil
+import time
 import unicodedata
+from typing import BinaryIO
 
-__all__ = ["MAX_NAME_BYTES", "safe_filename", "unique_path"]
+import attrs
+import blake3
+import cbor2
+
+__all__ = [
+    "MAX_NAME_BYTES",
+    "PART_SUFFIX",
+    "SIDECAR_SUFFIX",
+    "DownloadFolder",
+    "Partial",
+    "hash_range",
+    "resume_key",
+    "safe_filename",
+    "unique_path",
+]
+
+#: Suffix of a partial file (the name is ``.<resume key>`` plus this).
+PART_SUFFIX = ".trio_p2p.part"
+#: Suffix of the sidecar that describes a partial file.
+SIDECAR_SUFFIX = ".trio_p2p.json"
+#: Bytes read per call when hashing a file.
+_HASH_BLOCK = 1024 * 1024
 
 #: Longest saved name, in UTF-8 bytes: under the usual 255-byte limit with room
 #: for a " (9999)" suffix and the partial file's prefix and suffix.
@@ -99,3 +132,156 @@ def unique_path(folder: pathlib.Path, name: str) -> pathlib.Path:
         if not candidate.exists():
             return candidate
         number += 1
+
+
+def resume_key(sender_name: str, name: str, size: int, mtime_ns: int) -> str:
+    """What names the partial of one file from one sender.
+
+    The same sender name, offered file name, size and modification time give
+    the same key, so a new offer of a file that was interrupted finds its
+    partial (even across restarts of either node). The final digest catches a
+    partial that was not the same file after all.
+    """
+    return blake3.blake3(cbor2.dumps([sender_name, name, size, mtime_ns])).hexdigest()[:32]
+
+
+def hash_range(file: BinaryIO, length: int, hasher: blake3.blake3) -> None:
+    """Feed the first *length* bytes of *file* to *hasher* (the position moves)."""
+    file.seek(0)
+    left = length
+    while left > 0:
+        block = file.read(min(_HASH_BLOCK, left))
+        if not block:
+            raise OSError(f"the file is shorter than {length} bytes")
+        hasher.update(block)
+        left -= len(block)
+
+
+@attrs.define
+class Partial:
+    """A file being received, open for writing at its end.
+
+    Attributes:
+        key: its resume key.
+        path: the partial file.
+        sidecar: the file that says what it is part of.
+        offset: bytes it held when opened (where the transfer resumes).
+        file: the open file, positioned at ``offset``.
+    """
+
+    key: str
+    path: pathlib.Path
+    sidecar: pathlib.Path
+    offset: int
+    file: BinaryIO
+
+
+class DownloadFolder:
+    """The folder received files are saved in.
+
+    Args:
+        folder: the folder (created when first needed).
+        free_space_margin: bytes that must stay free after a file is saved.
+    """
+
+    def __init__(self, folder: pathlib.Path, free_space_margin: int) -> None:
+        self.folder = folder
+        self.free_space_margin = free_space_margin
+
+    def _paths(self, key: str) -> tuple[pathlib.Path, pathlib.Path]:
+        return self.folder / f".{key}{PART_SUFFIX}", self.folder / f".{key}{SIDECAR_SUFFIX}"
+
+    def held(self, key: str, describes: dict[str, object], size: int) -> int:
+        """Bytes already held of the file *key* names (0 if none, or not the same file)."""
+        part, sidecar = self._paths(key)
+        try:
+            recorded = json.loads(sidecar.read_text(encoding="utf-8"))
+            held = part.stat().st_size
+        except (OSError, ValueError):
+            return 0
+        return held if recorded == describes and held <= size else 0
+
+    def check_room(self, size: int, held: int = 0) -> None:
+        """Raise :exc:`OSError` unless the rest of a *size*-byte file fits with the margin."""
+        folder = self.folder
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free = shutil.disk_usage(folder).free
+        needed = size - held + self.free_space_margin
+        if free < needed:
+            raise OSError(
+                f"not enough free space: the file needs {size - held} bytes and "
+                f"{self.free_space_margin} must stay free, {free} are free"
+            )
+
+    def open_partial(self, key: str, describes: dict[str, object], size: int) -> Partial:
+        """Open the partial for *key*, resuming what it holds if it is the same file.
+
+        The sidecar is written (and flushed to disk) before the partial file is
+        created, so a partial is never left without its description, even if
+        the process is killed.
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        part, sidecar = self._paths(key)
+        offset = self.held(key, describes, size)
+        if offset == 0:
+            with open(sidecar, "w", encoding="utf-8") as out:
+                json.dump(describes, out)
+                out.flush()
+                os.fsync(out.fileno())
+        file = open(part, "r+b" if offset else "w+b")  # noqa: SIM115 (kept open: it is returned)
+        try:
+            file.truncate(offset)
+            file.seek(offset)
+        except BaseException:
+            file.close()
+            raise
+        return Partial(key, part, sidecar, offset, file)
+
+    def finish(self, partial: Partial, name: str) -> pathlib.Path:
+        """Move a verified partial to a new file named after *name*; return its path.
+
+        The data is flushed to disk first; the final name is never one that
+        exists (``name (1).ext``...), also if another file takes it meanwhile.
+        """
+        file = partial.file
+        file.flush()
+        os.fsync(file.fileno())
+        file.close()
+        safe = safe_filename(name)
+        while True:
+            target = unique_path(self.folder, safe)
+            try:
+                os.link(partial.path, target)  # fails if the target exists
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here: rename, after checking again
+                if target.exists():
+                    continue
+                os.rename(partial.path, target)
+                break
+            partial.path.unlink()
+            break
+        partial.sidecar.unlink(missing_ok=True)
+        return target
+
+    def discard(self, partial: Partial) -> None:
+        """Close and remove a partial (its data is not worth resuming)."""
+        partial.file.close()
+        partial.path.unlink(missing_ok=True)
+        partial.sidecar.unlink(missing_ok=True)
+
+    def sweep(self, ttl: float, now: float | None = None) -> int:
+        """Remove partials and sidecars untouched for *ttl* seconds; return how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        with contextlib.suppress(FileNotFoundError):
+            for path in self.folder.iterdir():
+                name = path.name
+                if not name.startswith(".") or not name.endswith((PART_SUFFIX, SIDECAR_SUFFIX)):
+                    continue
+                with contextlib.suppress(FileNotFoundError, PermissionError):
+                    if now - path.stat().st_mtime > ttl:
+                        path.unlink()
+                        removed += 1
+        return removed

@@ -7,6 +7,7 @@ import errno
 import functools
 import ipaddress
 import os
+import pathlib
 import socket
 import uuid
 from collections import Counter
@@ -30,7 +31,9 @@ from ._events import (
     PeerDiscovered,
     PeerInfo,
     PeerLost,
+    Transfer,
 )
+from ._filetransfer import FileService
 from ._log import RateLimitedWarnings, get_logger
 from ._messages import Beacon, BeaconKind, Frame, Goodbye, GoodbyeCode, Hello, Message, Text
 from ._stats import Statistics
@@ -113,6 +116,14 @@ class _Outlet:
         except trio.Cancelled:  # shutting down: this event is lost, and counted
             self._counters["events_dropped"] += 1
             raise
+        return True
+
+    def offer(self, event: Event) -> bool:
+        """Place *event* if there is room now; else skip it (not counted). Return whether placed."""
+        try:
+            self.channel.send_nowait(event)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
         return True
 
     def abandon(self) -> None:
@@ -213,6 +224,9 @@ class Messenger:
             config.peer_timeout,
             is_connected=lambda node_id: node_id in self._connections,
             move_after=config.peer_timeout / 2,
+        )
+        self._files = FileService(
+            config, nursery, self._outlet.send, self._outlet.offer, self._counters
         )
         self._discovery = Discovery(
             config,
@@ -426,6 +440,45 @@ class Messenger:
             await conn.flush()
         await trio.lowlevel.checkpoint()
 
+    # ------------------------------------------------------------ files
+
+    async def send_file(self, peer_id: uuid.UUID, path: str | os.PathLike[str]) -> Transfer:
+        """Send the file at *path* to *peer_id*; return once the peer verified and saved it.
+
+        The file is read chunk by chunk, never whole. Progress arrives as
+        :class:`~trio_p2p.FileTransferProgress` events. If an earlier transfer of
+        the same file (same name, size and modification time) to the same peer
+        was interrupted, the peer resumes it where it stopped. Cancelling the
+        call cancels the transfer (the peer keeps what it has, to resume).
+
+        Returns:
+            The transfer, as completed.
+
+        Raises:
+            PeerNotConnectedError: no live connection to that peer.
+            TransferError: the file cannot be read, the peer refused it or could
+                not verify it, or the connection ended first.
+        """
+        conn = self._connection(peer_id)
+        return await self._files.send(conn, pathlib.Path(path))
+
+    def accept_file(self, transfer_id: uuid.UUID) -> None:
+        """Accept an offer announced by a :class:`~trio_p2p.FileOffered` event.
+
+        Raises:
+            ValueError: no offer with that id waits for an answer (it was
+                answered, timed out, or its connection ended).
+        """
+        self._files.answer(transfer_id, True)
+
+    def reject_file(self, transfer_id: uuid.UUID, reason: str = "rejected by the user") -> None:
+        """Reject an offer announced by a :class:`~trio_p2p.FileOffered` event.
+
+        Raises:
+            ValueError: no offer with that id waits for an answer.
+        """
+        self._files.answer(transfer_id, False, reason[:1024])
+
     # ------------------------------------------------------------ counters
 
     def statistics(self) -> Statistics:
@@ -449,6 +502,7 @@ class Messenger:
         nursery = self._nursery
         nursery.start_soon(self._outlet.run)
         nursery.start_soon(self._accept_loop)
+        nursery.start_soon(self._files.sweep_loop)
         await nursery.start(self._discovery.run)
         task_status.started()
 
@@ -683,6 +737,7 @@ class Messenger:
             # without flags. Only while the connection is open, so the fd is ours.
             write_nowait=functools.partial(os.write, stream.socket.fileno()),
         )
+        conn.files = self._files
         self._connections[hello.node_id] = conn
         self._registry_changed.unpark_all()
         return conn
@@ -706,6 +761,7 @@ class Messenger:
         if self._connections.get(peer.id) is conn:
             del self._connections[peer.id]
         self._counters.update(conn.counters())
+        self._files.connection_ended(conn)
         if conn.failure is not None:
             self._failed[conn.failure] += 1
         self._registry_changed.unpark_all()

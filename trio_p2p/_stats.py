@@ -43,6 +43,10 @@ class Statistics:
         events_coalesced: discovery events merged while the event channel was full.
         events_dropped: events that could not be placed in the event channel: at
             shutdown when it was full, or after the application closed it.
+        transfers_completed: file transfers verified, both ways.
+        transfers_failed: file transfers that ended otherwise, both ways.
+        file_bytes_sent: file bytes sent in chunks (a resume sends only the rest).
+        file_bytes_received: file bytes received and written.
     """
 
     frames_sent: int = 0
@@ -62,3 +66,7 @@ class Statistics:
     datagrams_dropped: Mapping[str, int] = attrs.field(factory=dict, converter=_frozen_counts)
     events_coalesced: int = 0
     events_dropped: int = 0
+    transfers_completed: int = 0
+    transfers_failed: int = 0
+    file_bytes_sent: int = 0
+    file_bytes_received: int = 0

@@ -1,0 +1,531 @@
+"""Running file transfers: the tasks that read, send, receive, write and hash.
+
+The state of each transfer lives in :mod:`trio_p2p._transfer` (sans-I/O); the
+disk work in :mod:`trio_p2p._files` (blocking, run in worker threads). This
+module joins them to the connections and the event channel:
+
+* ``send_file`` runs in the caller's task: offer, wait for the answer, then read
+  a chunk (and hash it) in a worker thread while the connection's writer sends
+  the previous one, within the receiver's confirmations, then the digest, then
+  wait for the verdict.
+* every accepted incoming transfer has a task of its own (in the messenger's
+  nursery): the connection's reader hands it the chunks through a small
+  channel (so a slow disk holds the reader back, and TCP holds the sender
+  back), and it writes and hashes them in a worker thread, confirms, and
+  answers the end with its verdict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import pathlib
+import stat
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import BinaryIO
+
+import attrs
+import blake3
+import trio
+
+from ._config import CHUNK_OVERHEAD, Config
+from ._connection import PeerConnection
+from ._errors import PeerNotConnectedError, TransferError
+from ._events import (
+    Direction,
+    Event,
+    FileOffered,
+    FileTransferCompleted,
+    FileTransferFailed,
+    FileTransferProgress,
+    FileTransferStarted,
+    Transfer,
+)
+from ._files import DownloadFolder, Partial, hash_range, resume_key
+from ._log import get_logger
+from ._messages import FileChunk, FileEnd, FileFrame, FileOffer
+from ._transfer import IncomingTransfer, OutgoingTransfer, Phase
+
+__all__ = ["FileService"]
+
+logger = get_logger("transfer")
+
+#: Chunks queued between a connection's reader and an incoming transfer's task.
+CHUNK_QUEUE = 4
+#: Progress events of one transfer are at least this many seconds apart.
+PROGRESS_INTERVAL = 0.1
+#: Unclaimed partial files are looked for this often (seconds).
+SWEEP_INTERVAL = 3600.0
+
+
+def _read_and_hash(file: BinaryIO, length: int, hasher: blake3.blake3) -> bytes:
+    data = file.read(length)
+    hasher.update(data)
+    return data
+
+
+def _write_and_hash(file: BinaryIO, data: bytes, hasher: blake3.blake3) -> None:
+    file.write(data)
+    hasher.update(data)
+
+
+def _describe(exc: OSError) -> str:
+    what = exc.strerror or str(exc)
+    return what if exc.filename is None else f"{what}: {exc.filename}"
+
+
+def _open_regular(path: pathlib.Path) -> BinaryIO:
+    if not stat.S_ISREG(path.stat().st_mode):  # also keeps a FIFO from blocking the open
+        raise TransferError(f"{path} is not a regular file")
+    return open(path, "rb")
+
+
+async def _send_frame(conn: PeerConnection, frame: FileFrame) -> None:
+    try:
+        await conn.send_frame(frame)
+    except PeerNotConnectedError:
+        raise TransferError(f"the connection ended: {conn.reason or 'closing'}") from None
+
+
+class _Progress:
+    """Throttled progress events of one transfer."""
+
+    def __init__(self, emit: Callable[[Event], bool], transfer: Transfer) -> None:
+        self._emit = emit
+        self._transfer = transfer
+        self._last_time = -math.inf
+        self._last_bytes = -1
+
+    def update(self, done: int) -> None:
+        now = trio.current_time()
+        if done == self._last_bytes or now - self._last_time < PROGRESS_INTERVAL:
+            return
+        event = FileTransferProgress(self._transfer, done, self._transfer.size)
+        if self._emit(event):
+            self._last_time, self._last_bytes = now, done
+
+    def final(self) -> FileTransferProgress | None:
+        """The 100% event, unless the last one sent was it."""
+        size = self._transfer.size
+        if self._last_bytes == size:
+            return None
+        self._last_bytes = size
+        return FileTransferProgress(self._transfer, size, size)
+
+
+@attrs.define(eq=False)
+class _Outgoing:
+    conn: PeerConnection
+    transfer: OutgoingTransfer
+    lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+
+
+@attrs.define
+class _Receiving:
+    """What the task of an incoming transfer holds, for its cleanup."""
+
+    key: str
+    told: bool
+    partial: Partial | None = None
+    claimed: bool = False
+    keep: bool = True
+
+
+@attrs.define(eq=False)
+class _Incoming:
+    conn: PeerConnection
+    transfer: IncomingTransfer
+    record: Transfer
+    chunks: trio.MemorySendChannel[FileChunk | FileEnd]
+    arrivals: trio.MemoryReceiveChannel[FileChunk | FileEnd]
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    answered: trio.Event = attrs.field(factory=trio.Event)
+    accepted: bool = False
+    reason: str = ""
+
+
+class FileService:
+    """The file transfers of one messenger, over all its connections.
+
+    Args:
+        config: the messenger's settings.
+        nursery: where incoming transfers' tasks run.
+        send_event: places an event, waiting for room (returns whether placed).
+        offer_event: places an event if there is room now (returns whether placed).
+        counters: the messenger's counters (``transfers_*``, ``file_bytes_*``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        nursery: trio.Nursery,
+        send_event: Callable[[Event], Awaitable[bool]],
+        offer_event: Callable[[Event], bool],
+        counters: Counter[str],
+    ) -> None:
+        self.config = config
+        self.folder = DownloadFolder(config.download_dir, config.free_space_margin)
+        self._nursery = nursery
+        self._send_event = send_event
+        self._offer_event = offer_event
+        self._counters = counters
+        self._outgoing: dict[uuid.UUID, _Outgoing] = {}
+        self._incoming: dict[uuid.UUID, _Incoming] = {}
+        #: resume keys of the files being received, so one is never written twice
+        self._receiving: set[str] = set()
+
+    # ------------------------------------------------------------ application
+
+    def answer(self, transfer_id: uuid.UUID, accept: bool, reason: str = "") -> None:
+        """Accept or reject an offer that waits for the application.
+
+        Raises:
+            ValueError: no offer with that id waits for an answer.
+        """
+        incoming = self._incoming.get(transfer_id)
+        if (
+            incoming is None
+            or incoming.answered.is_set()
+            or incoming.transfer.phase is not Phase.OFFERED
+        ):
+            raise ValueError(f"no offer {transfer_id} waits for an answer")
+        incoming.accepted, incoming.reason = accept, reason
+        incoming.answered.set()
+
+    async def send(self, conn: PeerConnection, path: pathlib.Path) -> Transfer:
+        """Send the file at *path* over *conn*; return once the receiver verified it.
+
+        Raises:
+            TransferError: the file cannot be read, the receiver refused it or
+                could not verify it, or the connection ended first.
+        """
+        try:
+            file = await trio.to_thread.run_sync(_open_regular, path)
+        except OSError as exc:
+            raise TransferError(f"cannot read {path}: {_describe(exc)}") from None
+        try:
+            info = os.fstat(file.fileno())
+            chunk_size = min(self.config.chunk_size, conn.max_body - CHUNK_OVERHEAD)
+            transfer = OutgoingTransfer(
+                uuid.uuid4(), path.name, info.st_size, chunk_size, info.st_mtime_ns
+            )
+            record = Transfer(
+                transfer.id, conn.peer_id, path.name, info.st_size, Direction.SEND, path
+            )
+            return await self._send(conn, transfer, record, file)
+        finally:
+            file.close()
+
+    async def _send(
+        self, conn: PeerConnection, transfer: OutgoingTransfer, record: Transfer, file: BinaryIO
+    ) -> Transfer:
+        entry = _Outgoing(conn, transfer)
+        self._outgoing[transfer.id] = entry
+        try:
+            await _send_frame(conn, conn.transfers.add(transfer))
+            while transfer.phase is Phase.OFFERED:
+                await self._wait(entry)
+            self._check(transfer)
+            record = attrs.evolve(record, offset=transfer.start)
+            await self._send_event(FileTransferStarted(record))
+            progress = _Progress(self._offer_event, record)
+            hasher = blake3.blake3()
+            if transfer.start:
+                await trio.to_thread.run_sync(hash_range, file, transfer.start, hasher)
+            while not transfer.all_sent:
+                self._check(transfer)
+                step = transfer.next_chunk()
+                if step is None:  # the receiver must confirm more first
+                    await self._wait(entry)
+                    progress.update(transfer.confirmed)
+                    continue
+                offset, length = step
+                data = await trio.to_thread.run_sync(_read_and_hash, file, length, hasher)
+                if len(data) != length:
+                    raise TransferError("the file became shorter while it was sent")
+                self._check(transfer)
+                await _send_frame(conn, transfer.chunk(offset, data))
+                self._counters["file_bytes_sent"] += length
+                progress.update(transfer.confirmed)
+            if await trio.to_thread.run_sync(file.read, 1):
+                raise TransferError("the file became longer while it was sent")
+            await _send_frame(conn, transfer.end(hasher.digest()))
+            while transfer.phase is Phase.ENDING:
+                await self._wait(entry)
+                progress.update(transfer.confirmed)
+            self._check(transfer)
+            final = progress.final()
+            if final is not None:
+                await self._send_event(final)
+            await self._send_event(FileTransferCompleted(record))
+            self._counters["transfers_completed"] += 1
+            logger.info("sent %s to %s (%d bytes)", record.filename, conn.peer.name, record.size)
+            return record
+        except TransferError as exc:
+            self._cancel(conn, transfer, exc.reason)
+            self._counters["transfers_failed"] += 1
+            logger.info("sending %s to %s failed: %s", record.filename, conn.peer.name, exc)
+            await self._send_event(FileTransferFailed(record, exc))
+            raise
+        except BaseException:  # cancelled: tell the peer, report without waiting
+            self._cancel(conn, transfer, "the sender cancelled the transfer")
+            self._counters["transfers_failed"] += 1
+            self._offer_event(
+                FileTransferFailed(record, TransferError("the transfer was cancelled"))
+            )
+            raise
+        finally:
+            del self._outgoing[transfer.id]
+            conn.transfers.end(transfer.id)
+
+    @staticmethod
+    def _check(transfer: OutgoingTransfer) -> None:
+        if transfer.phase is Phase.FAILED:
+            raise TransferError(transfer.failure or "the transfer failed")
+
+    @staticmethod
+    async def _wait(entry: _Outgoing) -> None:
+        """Wait for the next frame of the transfer (or the end of its connection)."""
+        conn = entry.conn
+        if conn.reason is None:
+            await entry.lot.park()
+        if conn.reason is not None and not entry.transfer.done:
+            raise TransferError(f"the connection ended: {conn.reason}")
+
+    @staticmethod
+    def _cancel(
+        conn: PeerConnection, transfer: OutgoingTransfer | IncomingTransfer, reason: str
+    ) -> None:
+        frame = transfer.cancel(reason)
+        if frame is not None and conn.is_open:
+            with contextlib.suppress(PeerNotConnectedError):
+                conn.send_frame_nowait(frame)
+
+    # ------------------------------------------------------------ connections
+
+    async def on_frame(
+        self,
+        conn: PeerConnection,
+        transfer: OutgoingTransfer | IncomingTransfer,
+        frame: FileFrame,
+    ) -> None:
+        """A file frame from the peer, already applied to *transfer*."""
+        if isinstance(transfer, OutgoingTransfer):
+            entry = self._outgoing.get(transfer.id)
+            if entry is not None:
+                entry.lot.unpark_all()
+            return
+        if isinstance(frame, FileOffer):
+            await self._offered(conn, transfer)
+            return
+        incoming = self._incoming.get(transfer.id)
+        if incoming is None:
+            return
+        if isinstance(frame, FileChunk | FileEnd):
+            # (if its task has ended, it has said so: the frame is dropped)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await incoming.chunks.send(frame)
+        else:  # the peer cancelled
+            incoming.scope.cancel()
+
+    def connection_ended(self, conn: PeerConnection) -> None:
+        """*conn* has ended: its transfers fail (incoming partials are kept to resume)."""
+        for entry in list(self._outgoing.values()):
+            if entry.conn is conn:
+                entry.lot.unpark_all()
+        for incoming in list(self._incoming.values()):
+            if incoming.conn is conn:
+                incoming.scope.cancel()
+
+    async def _offered(self, conn: PeerConnection, transfer: IncomingTransfer) -> None:
+        record = Transfer(
+            transfer.id, conn.peer_id, transfer.name, transfer.size, Direction.RECEIVE
+        )
+        refusal = self._refusal(conn, transfer)
+        if refusal:
+            logger.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
+            self._finish_refused(conn, transfer, refusal)
+            return
+        send, receive = trio.open_memory_channel[FileChunk | FileEnd](CHUNK_QUEUE)
+        incoming = _Incoming(conn, transfer, record, send, receive)
+        self._incoming[transfer.id] = incoming
+        if self.config.auto_accept_files:
+            incoming.accepted = True
+            incoming.answered.set()
+        self._nursery.start_soon(self._receive, incoming)
+        if not self.config.auto_accept_files:
+            await self._send_event(FileOffered(record))
+
+    def _refusal(self, conn: PeerConnection, transfer: IncomingTransfer) -> str:
+        config = self.config
+        if config.max_file_size is not None and transfer.size > config.max_file_size:
+            return f"the file is larger than this node accepts ({config.max_file_size} bytes)"
+        open_here = sum(1 for i in self._incoming.values() if i.conn is conn)
+        if open_here >= config.max_incoming_transfers:
+            return f"too many transfers at once (at most {config.max_incoming_transfers})"
+        return ""
+
+    def _finish_refused(
+        self, conn: PeerConnection, transfer: IncomingTransfer, reason: str
+    ) -> None:
+        with contextlib.suppress(PeerNotConnectedError):
+            conn.send_frame_nowait(transfer.reject(reason))
+        conn.transfers.end(transfer.id)
+
+    async def _receive(self, incoming: _Incoming) -> None:
+        """The task of one incoming transfer, from the offer to the verdict."""
+        conn, transfer = incoming.conn, incoming.transfer
+        work = _Receiving(
+            resume_key(conn.peer.name, transfer.name, transfer.size, transfer.mtime_ns),
+            told=not self.config.auto_accept_files,  # then FileOffered was sent
+        )
+        try:
+            failure = await self._run_receive(incoming, work)
+        except BaseException:  # cancelled with the messenger
+            if work.told:
+                self._counters["transfers_failed"] += 1
+                error = TransferError("the messenger was closed")
+                self._offer_event(FileTransferFailed(incoming.record, error))
+            raise
+        finally:
+            partial = work.partial
+            if partial is not None:
+                # an interrupted transfer keeps its partial, to resume
+                close = (
+                    partial.file.close
+                    if work.keep
+                    else functools.partial(self.folder.discard, partial)
+                )
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(close)
+            if work.claimed:
+                self._receiving.discard(work.key)
+            incoming.chunks.close()
+            del self._incoming[transfer.id]
+            conn.transfers.end(transfer.id)
+        if failure is not None and work.told:
+            self._counters["transfers_failed"] += 1
+            logger.info("receiving %s from %s failed: %s", transfer.name, conn.peer.name, failure)
+            await self._send_event(FileTransferFailed(incoming.record, failure))
+
+    async def _run_receive(self, incoming: _Incoming, work: _Receiving) -> TransferError | None:
+        """Receive the file; return why it failed, or None once it is saved."""
+        conn, transfer = incoming.conn, incoming.transfer
+        with incoming.scope:
+            try:
+                return await self._accept_and_receive(incoming, work)
+            except TransferError as exc:
+                self._cancel(conn, transfer, exc.reason)
+                return exc
+            except PeerNotConnectedError as exc:
+                return TransferError(f"the connection ended: {exc}")
+        # the scope was cancelled: the peer cancelled, or the connection ended
+        return TransferError(transfer.failure or f"the connection ended: {conn.reason or 'closed'}")
+
+    async def _accept_and_receive(
+        self, incoming: _Incoming, work: _Receiving
+    ) -> TransferError | None:
+        conn, transfer = incoming.conn, incoming.transfer
+        with trio.move_on_after(self.config.offer_timeout):
+            await incoming.answered.wait()
+        if not incoming.accepted:
+            reason = incoming.reason or (
+                "rejected by the application"
+                if incoming.answered.is_set()
+                else "the offer was not answered in time"
+            )
+            self._finish_refused(conn, transfer, reason)
+            return TransferError(f"rejected: {reason}")
+        if work.key in self._receiving:
+            self._finish_refused(conn, transfer, "this file is already being received")
+            return TransferError("the same file is already being received")
+        self._receiving.add(work.key)
+        work.claimed = True
+        describes: dict[str, object] = {
+            "sender": conn.peer.name,
+            "name": transfer.name,
+            "size": transfer.size,
+            "mtime_ns": transfer.mtime_ns,
+        }
+        hasher = blake3.blake3()
+        try:
+            work.partial = partial = await trio.to_thread.run_sync(
+                self._prepare, work.key, describes, transfer.size, hasher
+            )
+        except OSError as exc:
+            reason = f"cannot save the file: {_describe(exc)}"
+            logger.warning("refused %s from %s: %s", transfer.name, conn.peer.name, reason)
+            self._finish_refused(conn, transfer, reason)
+            return TransferError(reason)
+        conn.send_frame_nowait(transfer.accept(partial.offset))
+        record = incoming.record = attrs.evolve(incoming.record, offset=partial.offset)
+        work.told = True
+        await self._send_event(FileTransferStarted(record))
+        progress = _Progress(self._offer_event, record)
+        written = partial.offset
+        async for frame in incoming.arrivals:
+            if isinstance(frame, FileChunk):
+                try:
+                    await trio.to_thread.run_sync(_write_and_hash, partial.file, frame.data, hasher)
+                except OSError as exc:
+                    raise TransferError(f"cannot write the file: {_describe(exc)}") from None
+                written += len(frame.data)
+                self._counters["file_bytes_received"] += len(frame.data)
+                confirm = transfer.written(written)
+                if confirm is not None:
+                    conn.send_frame_nowait(confirm)
+                progress.update(written)
+                continue
+            # the end: every byte is in
+            digest = hasher.digest()
+            problem = ""
+            if digest == transfer.digest:
+                try:
+                    path = await trio.to_thread.run_sync(self.folder.finish, partial, transfer.name)
+                except OSError as exc:
+                    problem = f"cannot save the file: {_describe(exc)}"
+                else:
+                    work.partial = None  # it is the saved file now
+                    record = incoming.record = attrs.evolve(record, path=path)
+            verdict = transfer.verdict(digest, problem)
+            conn.send_frame_nowait(verdict)
+            if not verdict.verified:
+                work.keep = False  # corrupt or unsavable: start over next time
+                return TransferError(verdict.reason)
+            final = progress.final()
+            if final is not None:
+                await self._send_event(final)
+            await self._send_event(FileTransferCompleted(record))
+            self._counters["transfers_completed"] += 1
+            logger.info("received %s from %s as %s", transfer.name, conn.peer.name, record.path)
+            return None
+        raise AssertionError("unreachable: the channel closes only after this task")
+
+    def _prepare(
+        self, key: str, describes: dict[str, object], size: int, hasher: blake3.blake3
+    ) -> Partial:
+        """Open the partial (resuming what it holds) and hash what it holds."""
+        self.folder.check_room(size, self.folder.held(key, describes, size))
+        partial = self.folder.open_partial(key, describes, size)
+        try:
+            hash_range(partial.file, partial.offset, hasher)
+        except BaseException:
+            partial.file.close()
+            raise
+        return partial
+
+    async def sweep_loop(self) -> None:
+        """Remove unclaimed partial files now and then."""
+        while True:
+            try:
+                removed = await trio.to_thread.run_sync(self.folder.sweep, self.config.partial_ttl)
+            except OSError as exc:  # an unusable folder is reported when a file comes
+                logger.warning("cannot look for old partial files: %s", _describe(exc))
+            else:
+                if removed:
+                    logger.info("removed %d unclaimed partial files", removed)
+            await trio.sleep(SWEEP_INTERVAL)
