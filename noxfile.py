@@ -38,3 +38,4 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     session.install(".[test]")
     session.run("python", "benchmarks/bench_messages.py", *session.posargs)
+    session.run("python", "benchmarks/bench_files.py")

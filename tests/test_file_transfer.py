@@ -316,10 +316,10 @@ async def test_an_interrupted_transfer_resumes_where_it_stopped(
     slow = True
     write = filetransfer._write_and_hash
 
-    def slow_write(file: BinaryIO, data: bytes, hasher: blake3.blake3) -> None:
+    def slow_write(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
         if slow:  # Bob's disk is slow the first time, so he leaves mid-transfer
             time.sleep(0.005)
-        write(file, data, hasher)
+        write(file, chunks, hasher)
 
     monkeypatch.setattr(filetransfer, "_write_and_hash", slow_write)
     with trio.fail_after(60):
@@ -367,9 +367,9 @@ RECEIVER_SCRIPT = textwrap.dedent(
 
     write = filetransfer._write_and_hash
 
-    def slow_write(file, data, hasher):  # a slow disk: killed long before the end
+    def slow_write(file, chunks, hasher):  # a slow disk: killed long before the end
         time.sleep(0.01)
-        write(file, data, hasher)
+        write(file, chunks, hasher)
 
     filetransfer._write_and_hash = slow_write
 

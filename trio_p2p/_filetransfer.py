@@ -68,9 +68,10 @@ def _read_and_hash(file: BinaryIO, length: int, hasher: blake3.blake3) -> bytes:
     return data
 
 
-def _write_and_hash(file: BinaryIO, data: bytes, hasher: blake3.blake3) -> None:
-    file.write(data)
-    hasher.update(data)
+def _write_and_hash(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+    for data in chunks:
+        file.write(data)
+        hasher.update(data)
 
 
 def _describe(exc: OSError) -> str:
@@ -467,18 +468,29 @@ class FileService:
         await self._send_event(FileTransferStarted(record))
         progress = _Progress(self._offer_event, record)
         written = partial.offset
-        async for frame in incoming.arrivals:
-            if isinstance(frame, FileChunk):
+        async for first in incoming.arrivals:
+            # Write every chunk that is already waiting in one worker-thread call.
+            batch = [first]
+            while isinstance(batch[-1], FileChunk) and len(batch) < CHUNK_QUEUE:
                 try:
-                    await trio.to_thread.run_sync(_write_and_hash, partial.file, frame.data, hasher)
+                    batch.append(incoming.arrivals.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            frame = batch[-1]
+            chunks = [f.data for f in batch if isinstance(f, FileChunk)]
+            if chunks:
+                try:
+                    await trio.to_thread.run_sync(_write_and_hash, partial.file, chunks, hasher)
                 except OSError as exc:
                     raise TransferError(f"cannot write the file: {_describe(exc)}") from None
-                written += len(frame.data)
-                self._counters["file_bytes_received"] += len(frame.data)
+                size = sum(map(len, chunks))
+                written += size
+                self._counters["file_bytes_received"] += size
                 confirm = transfer.written(written)
                 if confirm is not None:
                     conn.send_frame_nowait(confirm)
                 progress.update(written)
+            if isinstance(frame, FileChunk):
                 continue
             # the end: every byte is in
             digest = hasher.digest()

@@ -1,0 +1,265 @@
+"""File benchmark: trio_p2p's send_file against socat and a raw sendfile loop, in one run.
+
+Every measurement copies the same file over loopback between two processes
+(a sender and a receiver), into a fresh folder, and takes the wall time from
+the start of the sending to the moment the receiver has the whole file (for
+trio_p2p: until send_file returns, which is after the receiver verified the
+BLAKE3 digest and saved the file). It also reports each side's peak RSS
+growth, and for trio_p2p the latency of a text message sent in the middle of
+the transfer.
+
+    python benchmarks/bench_files.py [--size-mib N] [--repeat K]
+
+Nothing leaves the machine: the trio_p2p nodes use a private discovery port,
+broadcast to 127.255.255.255 only, and connect to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import trio
+
+import trio_p2p
+
+BLOCK = 1024 * 1024
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def report(**values: Any) -> None:
+    print(json.dumps(values), flush=True)
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def config(discovery_port: int, folder: str) -> trio_p2p.Config:
+    return trio_p2p.Config(
+        discovery_port=discovery_port,
+        tcp_port=0,
+        broadcast_addresses=("127.255.255.255",),
+        download_dir=folder,
+    )
+
+
+# ------------------------------------------------------------------ roles
+
+
+async def p2p_receiver(discovery_port: int, folder: str) -> None:
+    async with trio_p2p.open_messenger("receiver", config(discovery_port, folder)) as node:
+        base = peak_rss_mib()
+        report(port=node.tcp_port)
+        latency = 0.0
+        async for event in node.events:
+            if isinstance(event, trio_p2p.MessageReceived):
+                assert isinstance(event.message.content, trio_p2p.Text)
+                latency = time.time() - float(event.message.content.text)
+            elif isinstance(event, trio_p2p.FileTransferCompleted | trio_p2p.FileTransferFailed):
+                break
+        report(rss_growth=peak_rss_mib() - base, latency_ms=latency * 1000)
+
+
+async def p2p_sender(port: int, discovery_port: int, path: str) -> None:
+    with tempfile.TemporaryDirectory() as unused:
+        async with trio_p2p.open_messenger("sender", config(discovery_port, unused)) as node:
+            peer = await node.connect_to_peer(("127.0.0.1", port))
+            base = peak_rss_mib()
+            start = time.monotonic()
+            async with trio.open_nursery() as nursery:
+
+                async def text_meanwhile() -> None:
+                    # once a third of the file is confirmed, send a text
+                    async for event in node.events:
+                        if (
+                            isinstance(event, trio_p2p.FileTransferProgress)
+                            and event.bytes_transferred >= event.total_bytes // 3
+                        ):
+                            await node.send_text_message(peer.id, repr(time.time()))
+                            return
+
+                nursery.start_soon(text_meanwhile)
+                await node.send_file(peer.id, path)
+                nursery.cancel_scope.cancel()
+            seconds = time.monotonic() - start
+            report(seconds=seconds, rss_growth=peak_rss_mib() - base)
+
+
+def raw_receiver(folder: str) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        base = peak_rss_mib()
+        report(port=listener.getsockname()[1])
+        conn, _ = listener.accept()
+        buffer = bytearray(BLOCK)
+        view = memoryview(buffer)
+        with conn, open(os.path.join(folder, "copy"), "wb") as out:
+            while n := conn.recv_into(buffer):
+                out.write(view[:n])
+        report(rss_growth=peak_rss_mib() - base, latency_ms=0)
+
+
+def raw_sender(port: int, path: str) -> None:
+    base = peak_rss_mib()
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as sock, open(path, "rb") as file:
+        sock.sendfile(file)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(1)  # the receiver closes once it has everything
+    report(seconds=time.monotonic() - start, rss_growth=peak_rss_mib() - base)
+
+
+# ------------------------------------------------------------------ driver
+
+
+def run_pair(receiver: list[str], sender: list[str]) -> dict[str, float]:
+    me = [sys.executable, os.path.abspath(__file__)]
+    proc = subprocess.Popen([*me, *receiver], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = json.loads(proc.stdout.readline())["port"]
+    done = subprocess.run(
+        [*me, *sender, str(port)], capture_output=True, text=True, timeout=600, check=True
+    )
+    sent = json.loads(done.stdout.splitlines()[-1])
+    received = json.loads(proc.stdout.readline())
+    proc.wait(timeout=60)
+    proc.stdout.close()
+    return {
+        "seconds": sent["seconds"],
+        "sender_rss": sent["rss_growth"],
+        "receiver_rss": received["rss_growth"],
+        "latency_ms": received["latency_ms"],
+    }
+
+
+def socat_copy(path: str, folder: str) -> dict[str, float] | None:
+    socat = shutil.which("socat")
+    if socat is None:
+        return None
+    port = free_port(socket.SOCK_STREAM)
+    target = os.path.join(folder, "copy")
+    receiver = subprocess.Popen(
+        [
+            socat,
+            "-u",
+            "-b",
+            str(BLOCK),
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr",
+            f"OPEN:{target},creat,trunc",
+        ]
+    )
+    time.sleep(0.3)  # let it listen
+    start = time.monotonic()
+    subprocess.run(
+        [socat, "-u", "-b", str(BLOCK), f"OPEN:{path}", f"TCP:127.0.0.1:{port}"], check=True
+    )
+    receiver.wait(timeout=600)
+    return {
+        "seconds": time.monotonic() - start,
+        "sender_rss": 0,
+        "receiver_rss": 0,
+        "latency_ms": 0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=int, default=1024, help="file size in MiB")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per case; the best is kept")
+    parser.add_argument(
+        "--dir",
+        default="/dev/shm" if os.path.isdir("/dev/shm") else None,
+        help="where the files go (default: /dev/shm, memory, so that the disk's own "
+        "write-back does not drown the network figures; pass a disk folder to include it)",
+    )
+    args = parser.parse_args()
+    size = args.size_mib * 1024 * 1024
+    with tempfile.TemporaryDirectory(prefix="bench_files_", dir=args.dir) as work:
+        source = pathlib.Path(work) / "source.bin"
+        with open(source, "wb") as out:
+            for _ in range(args.size_mib):
+                out.write(os.urandom(BLOCK))
+        results: dict[str, dict[str, float]] = {}
+        for name in ("socat", "raw", "trio_p2p"):
+            runs = []
+            for _ in range(args.repeat):
+                folder = tempfile.mkdtemp(dir=work)
+                if name == "socat":
+                    run = socat_copy(str(source), folder)
+                    if run is None:
+                        break
+                elif name == "raw":
+                    run = run_pair(["raw-receiver", folder], ["raw-sender", str(source)])
+                else:
+                    discovery = str(free_port(socket.SOCK_DGRAM))
+                    run = run_pair(
+                        ["p2p-receiver", discovery, folder],
+                        ["p2p-sender", discovery, str(source)],
+                    )
+                copies = [p for p in pathlib.Path(folder).iterdir() if not p.name.startswith(".")]
+                assert len(copies) == 1, copies
+                assert copies[0].stat().st_size == size, copies
+                shutil.rmtree(folder)
+                runs.append(run)
+            if runs:
+                results[name] = min(runs, key=lambda r: r["seconds"])
+    print(
+        f"{args.size_mib} MiB file over loopback into {args.dir or 'the temp folder'}, "
+        f"best of {args.repeat}:"
+    )
+    socat_rate = size / results["socat"]["seconds"] / 1e9 if "socat" in results else None
+    for name, label in [
+        ("socat", "socat -b 1048576"),
+        ("raw", "raw Python sendfile/recv_into"),
+        ("trio_p2p", "trio_p2p send_file (verified)"),
+    ]:
+        if name not in results:
+            print(f"  {label:32} (socat not installed)")
+            continue
+        r = results[name]
+        rate = size / r["seconds"] / 1e9
+        ratio = f"{rate / socat_rate:5.2f}x socat" if socat_rate else ""
+        print(
+            f"  {label:32} {rate:6.2f} GB/s  {ratio}  peak RSS growth: sender "
+            f"{r['sender_rss']:.0f} MiB, receiver {r['receiver_rss']:.0f} MiB"
+        )
+    latency = results["trio_p2p"]["latency_ms"]
+    print(f"a text sent a third of the way through arrived after {latency:.1f} ms")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] in (
+        "p2p-receiver",
+        "p2p-sender",
+        "raw-receiver",
+        "raw-sender",
+    ):
+        role, rest = sys.argv[1], sys.argv[2:]
+        if role == "p2p-receiver":
+            trio.run(p2p_receiver, int(rest[0]), rest[1])
+        elif role == "p2p-sender":
+            trio.run(p2p_sender, int(rest[2]), int(rest[0]), rest[1])
+        elif role == "raw-receiver":
+            raw_receiver(rest[0])
+        else:
+            raw_sender(int(rest[1]), rest[0])
+    else:
+        main()
