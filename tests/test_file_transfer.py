@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import signal
@@ -30,6 +31,7 @@ from trio_p2p import (
     MessageReceived,
     Messenger,
     PeerConnected,
+    Text,
     Transfer,
     TransferError,
     open_messenger,
@@ -438,3 +440,106 @@ async def test_a_receiver_killed_mid_transfer_resumes_in_a_new_process(
         assert second == size - done.offset
         assert (folder / "movie.bin").read_bytes() == source.read_bytes()
         assert leftovers(folder) == []
+
+
+@pytest.fixture
+def slow_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write of received chunks takes 5 ms more (transfers take a while)."""
+    write = filetransfer._write_and_hash
+
+    def slow_write(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+        time.sleep(0.005)
+        write(file, chunks, hasher)
+
+    monkeypatch.setattr(filetransfer, "_write_and_hash", slow_write)
+
+
+async def started(messenger: Messenger) -> Transfer:
+    """Wait until *messenger* holds some bytes of a transfer."""
+    while True:
+        event = await messenger.events.receive()
+        if isinstance(event, FileTransferProgress) and event.bytes_transferred:
+            return event.transfer
+
+
+@pytest.mark.usefixtures("slow_disk")
+async def test_the_receiver_can_cancel_and_keeps_what_it_has(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    with trio.fail_after(30):
+        source = make_file(tmp_path / "src", "a.bin", 4 * 1024 * 1024)
+        async with pair(make_config, tmp_path, chunk_size=CHUNK) as (alice, bob):
+            async with trio.open_nursery() as nursery:
+                errors: list[TransferError] = []
+
+                async def send() -> None:
+                    with pytest.raises(TransferError) as info:
+                        await alice.send_file(bob.peer_id, source)
+                    errors.append(info.value)
+
+                nursery.start_soon(send)
+                transfer = await started(bob)
+                bob.cancel_transfer(transfer.id, "changed my mind")
+                failed = await wait_for(bob, FileTransferFailed)
+                assert failed.error.reason == "changed my mind"
+            assert errors[0].reason == "cancelled by the peer: changed my mind"
+            with pytest.raises(ValueError, match="no transfer"):
+                bob.cancel_transfer(transfer.id)
+        assert len(leftovers(tmp_path / "bob")) == 2  # kept, to resume
+        assert not (tmp_path / "bob" / "a.bin").exists()
+
+
+@pytest.mark.usefixtures("slow_disk")
+async def test_the_sender_can_cancel_by_id_or_by_cancel_scope(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    with trio.fail_after(30):
+        source = make_file(tmp_path / "src", "a.bin", 4 * 1024 * 1024)
+        async with pair(make_config, tmp_path, chunk_size=CHUNK) as (alice, bob):
+            async with trio.open_nursery() as nursery:
+
+                async def send() -> None:
+                    with pytest.raises(TransferError, match="stop that"):
+                        await alice.send_file(bob.peer_id, source)
+
+                nursery.start_soon(send)
+                transfer = await started(bob)
+                alice.cancel_transfer(transfer.id, "stop that")
+                failed = await wait_for(bob, FileTransferFailed)
+                assert failed.error.reason == "cancelled by the peer: stop that"
+            other = make_file(tmp_path / "src", "b.bin", 4 * 1024 * 1024)
+            with trio.CancelScope() as scope:  # cancelling the call cancels the transfer
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(alice.send_file, bob.peer_id, other)
+                    await started(bob)
+                    scope.cancel()
+            failed = await wait_for(bob, FileTransferFailed)
+            assert failed.error.reason == "cancelled by the peer: the sender cancelled the transfer"
+            await alice.send_text_message(bob.peer_id, "still connected")
+            assert (await wait_for(bob, MessageReceived)).message.content == Text("still connected")
+
+
+async def test_a_full_disk_fails_the_transfer_on_both_ends(
+    make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write = filetransfer._write_and_hash
+    calls = 0
+
+    def filling_write(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        write(file, chunks, hasher)
+
+    monkeypatch.setattr(filetransfer, "_write_and_hash", filling_write)
+    with trio.fail_after(30):
+        source = make_file(tmp_path / "src", "a.bin", 2 * 1024 * 1024)
+        async with pair(make_config, tmp_path, chunk_size=CHUNK) as (alice, bob):
+            with pytest.raises(TransferError, match="No space left on device"):
+                await alice.send_file(bob.peer_id, source)
+            failed = await wait_for(bob, FileTransferFailed)
+            assert "cannot write the file: No space left on device" in failed.error.reason
+            await alice.send_text_message(bob.peer_id, "still here")
+            assert (await wait_for(bob, MessageReceived)).message.content == Text("still here")
+        assert not (tmp_path / "bob" / "a.bin").exists()

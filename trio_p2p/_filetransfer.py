@@ -197,6 +197,26 @@ class FileService:
         incoming.accepted, incoming.reason = accept, reason
         incoming.answered.set()
 
+    def cancel(self, transfer_id: uuid.UUID, reason: str) -> None:
+        """Cancel a transfer in progress, either way; the peer is told *reason*.
+
+        Raises:
+            ValueError: no transfer with that id is in progress here.
+        """
+        incoming = self._incoming.get(transfer_id)
+        if incoming is not None:
+            if not incoming.answered.is_set():
+                self.answer(transfer_id, False, reason)
+                return
+            self._cancel(incoming.conn, incoming.transfer, reason)
+            incoming.scope.cancel()
+            return
+        entry = self._outgoing.get(transfer_id)
+        if entry is None or entry.transfer.done:
+            raise ValueError(f"no transfer {transfer_id} is in progress")
+        self._cancel(entry.conn, entry.transfer, reason)
+        entry.lot.unpark_all()
+
     async def send(self, conn: PeerConnection, path: pathlib.Path) -> Transfer:
         """Send the file at *path* over *conn*; return once the receiver verified it.
 
@@ -254,6 +274,7 @@ class FileService:
                 progress.update(transfer.confirmed)
             if await trio.to_thread.run_sync(file.read, 1):
                 raise TransferError("the file became longer while it was sent")
+            self._check(transfer)  # (cancelled meanwhile?)
             await _send_frame(conn, transfer.end(hasher.digest()))
             while transfer.phase is Phase.ENDING:
                 await self._wait(entry)

@@ -479,6 +479,21 @@ class Messenger:
         """
         self._files.answer(transfer_id, False, reason[:1024])
 
+    def cancel_transfer(
+        self, transfer_id: uuid.UUID, reason: str = "cancelled by the user"
+    ) -> None:
+        """Cancel a file transfer in progress, sent or received (or reject its offer).
+
+        The peer is told *reason*; this node's ``send_file`` raises
+        :exc:`~trio_p2p.TransferError` and both ends get a
+        :class:`~trio_p2p.FileTransferFailed` event. A receiver keeps what it has,
+        to resume if the file is sent again.
+
+        Raises:
+            ValueError: no transfer with that id is in progress here.
+        """
+        self._files.cancel(transfer_id, reason[:1024])
+
     # ------------------------------------------------------------ counters
 
     def statistics(self) -> Statistics:
