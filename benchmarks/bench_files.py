@@ -20,35 +20,19 @@ import argparse
 import json
 import os
 import pathlib
-import resource
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
 
 import trio
+from _common import free_port, peak_rss_mib, report
 
 import trio_p2p
 
 BLOCK = 1024 * 1024
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def report(**values: Any) -> None:
-    print(json.dumps(values), flush=True)
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def config(discovery_port: int, folder: str) -> trio_p2p.Config:

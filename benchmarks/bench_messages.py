@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import statistics
 import struct
@@ -25,31 +24,16 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import Any
 
 import attrs
 import cbor2
 import trio
+from _common import free_port, peak_rss_mib, report
 
 import trio_p2p
 
 TEXT = "x" * 100
 HEADER = struct.Struct(">I")
-
-
-def rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def report(**values: Any) -> None:
-    print(json.dumps(values), flush=True)
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def p2p_config(window: int = 4096) -> trio_p2p.Config:
@@ -92,7 +76,7 @@ async def p2p_receiver(count: int, style: str) -> None:
                     received += 1
                     if received == count:
                         break
-        report(t_end=time.monotonic(), rss=rss_mib())
+        report(t_end=time.monotonic(), rss=peak_rss_mib())
         await node.flush()
 
 
@@ -180,7 +164,9 @@ async def p2p_sender(port: int, count: int, mode: str) -> None:
                     pass
                 rtts.append(time.perf_counter() - t0)
         await node.flush()
-        report(t_start=t_start, rss=rss_mib(), rtt_us=statistics.median(rtts) * 1e6 if rtts else 0)
+        report(
+            t_start=t_start, rss=peak_rss_mib(), rtt_us=statistics.median(rtts) * 1e6 if rtts else 0
+        )
 
 
 async def raw_receiver(count: int, echo: bool) -> None:
@@ -207,7 +193,7 @@ async def raw_receiver(count: int, echo: bool) -> None:
             if echo:
                 await stream.send_all(encode_like_wire(received))
         del buffer[:position]
-    report(t_end=time.monotonic(), rss=rss_mib())
+    report(t_end=time.monotonic(), rss=peak_rss_mib())
     await stream.aclose()
 
 
@@ -234,7 +220,7 @@ async def raw_sender(port: int, count: int, mode: str) -> None:
                 out = bytearray()
         await stream.send_all(out)
         await stream.receive_some(1)  # the receiver closes when it has everything
-    report(t_start=t_start, rss=rss_mib(), rtt_us=statistics.median(rtts) * 1e6 if rtts else 0)
+    report(t_start=t_start, rss=peak_rss_mib(), rtt_us=statistics.median(rtts) * 1e6 if rtts else 0)
 
 
 def zmq_receiver(count: int, echo: bool) -> None:
@@ -249,7 +235,7 @@ def zmq_receiver(count: int, echo: bool) -> None:
         assert len(item["x"]) == 100
         if echo:
             sock.send(encode_like_wire(0)[4:])
-    report(t_end=time.monotonic(), rss=rss_mib())
+    report(t_end=time.monotonic(), rss=peak_rss_mib())
     sock.close(linger=1000)
     context.term()
 
@@ -270,7 +256,7 @@ def zmq_sender(port: int, count: int, mode: str) -> None:
             rtts.append(time.perf_counter() - t0)
         else:
             sock.send(encode_like_wire(i)[4:])
-    report(t_start=t_start, rss=rss_mib(), rtt_us=statistics.median(rtts) * 1e6 if rtts else 0)
+    report(t_start=t_start, rss=peak_rss_mib(), rtt_us=statistics.median(rtts) * 1e6 if rtts else 0)
     sock.close(linger=-1)
     context.term()
 

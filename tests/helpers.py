@@ -45,6 +45,17 @@ async def texts(messenger: Messenger, count: int) -> list[str]:
     return out
 
 
+async def first_line(proc: trio.Process) -> str:
+    """The first line a child process writes on its stdout (a pipe)."""
+    assert proc.stdout is not None
+    line = b""
+    while not line.endswith(b"\n"):
+        chunk = await proc.stdout.receive_some(100)
+        assert chunk, "the child process exited before writing a line"
+        line += chunk
+    return line.decode().strip()
+
+
 async def drain(messenger: Messenger, seconds: float) -> list[Event]:
     out: list[Event] = []
     with trio.move_on_after(seconds):

@@ -40,7 +40,7 @@ from trio_p2p._files import PART_SUFFIX, SIDECAR_SUFFIX
 from trio_p2p._transfer import OutgoingTransfer
 
 from .conftest import ConfigFactory
-from .helpers import wait_for
+from .helpers import first_line, wait_for
 
 CHUNK = 64 * 1024
 
@@ -404,13 +404,8 @@ async def test_a_receiver_killed_mid_transfer_resumes_in_a_new_process(
             )
             failures: list[TransferError] = []
             try:
-                assert proc.stdout is not None
-                line = b""
-                while not line.endswith(b"\n"):
-                    chunk = await proc.stdout.receive_some(100)
-                    assert chunk, "the receiver process exited early"
-                    line += chunk
-                peer = await alice.connect_to_peer(("127.0.0.1", int(line)))
+                port = int(await first_line(proc))
+                peer = await alice.connect_to_peer(("127.0.0.1", port))
                 async with trio.open_nursery() as nursery:
 
                     async def send() -> None:

@@ -39,7 +39,7 @@ from trio_p2p._messages import (
 )
 
 from .conftest import ConfigFactory
-from .helpers import connect, drain, texts, wait_for
+from .helpers import connect, drain, first_line, texts, wait_for
 
 
 def hello_from(node_id: uuid.UUID, nonce: bytes = b"n" * 16) -> Hello:
@@ -268,13 +268,7 @@ async def test_peer_killed_without_goodbye_is_disconnected_then_lost(
                 stdout=subprocess.PIPE,
             )
             try:
-                assert proc.stdout is not None
-                line = b""
-                while not line.endswith(b"\n"):
-                    chunk = await proc.stdout.receive_some(100)
-                    assert chunk, "the peer process exited early"
-                    line += chunk
-                victim = uuid.UUID(line.decode().strip())
+                victim = uuid.UUID(await first_line(proc))
                 found = await wait_for(a, PeerDiscovered, peer=victim)
                 await a.connect_to_peer(found.peer)
                 proc.send_signal(signal.SIGKILL)
