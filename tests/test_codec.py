@@ -16,6 +16,7 @@ from trio_p2p import ProtocolError
 from trio_p2p._codec import (
     MAX_BEACON_SIZE,
     FrameDecoder,
+    chunk_frame_parts,
     decode_beacon,
     decode_frame,
     encode_beacon,
@@ -27,6 +28,7 @@ from trio_p2p._messages import (
     Ack,
     Beacon,
     BeaconKind,
+    FileChunk,
     Frame,
     Hello,
 )
@@ -355,3 +357,80 @@ def test_the_largest_valid_hello_fits_the_hello_limit() -> None:
     assert len(encode_frame(hello)) - 4 <= HELLO_LIMIT
     with pytest.raises(ProtocolError, match="capabilities"):
         decode_frame(encode_frame(attrs.evolve(hello, capabilities=("x" * 33,)))[4:])
+
+
+big_chunks = st.builds(
+    FileChunk,
+    transfer=st.uuids(),
+    offset=st.integers(0, 2**63 - 1),
+    data=st.binary(min_size=1000, max_size=3000),
+)
+
+
+def generic_decode(frame: bytes) -> Frame | ProtocolError:
+    """What the generic CBOR path makes of a frame (the fast path must agree)."""
+    try:
+        return decode_frame(frame[4:])
+    except ProtocolError as exc:
+        return exc
+
+
+@given(big_chunks)
+def test_chunk_frames_are_written_without_copying_the_data(chunk: FileChunk) -> None:
+    head, data, tail = chunk_frame_parts(chunk)
+    assert data is chunk.data
+    assert head + data + tail == encode_frame(chunk)
+    assert FrameDecoder(LIMIT).feed(head + data + tail) == [chunk]
+
+
+@settings(max_examples=300)
+@given(
+    big_chunks,
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), min_size=1, max_size=3),
+)
+def test_the_chunk_fast_path_agrees_with_the_generic_decoder(
+    chunk: FileChunk, changes: list[tuple[int, int]]
+) -> None:
+    """Damage a chunk frame's head or tail anywhere: the decoder still makes of it
+    exactly what the generic path makes (the same frame, or a protocol error)."""
+    frame = bytearray(encode_frame(chunk))
+    for where, value in changes:  # within the head (after the prefix) or the tail
+        index = 4 + where if where < 30 else len(frame) - (where - 29)
+        frame[index] = value
+    expected = generic_decode(bytes(frame))
+    try:
+        got: Frame | ProtocolError = FrameDecoder(1 << 20).feed(bytes(frame))[0]
+    except ProtocolError as exc:
+        got = exc
+    if isinstance(expected, ProtocolError):
+        assert isinstance(got, ProtocolError)
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param({"t": "fc", "id": b"i" * 16, "o": 3, "d": b"x" * 2000}, id="other-order"),
+        pytest.param({"id": b"i" * 16, "o": 3, "d": b"x" * 2000, "t": "fc", "z": 1}, id="extra"),
+        pytest.param({"id": b"i" * 16, "o": 3, "d": b"x" * 2000, "t": "fc"}, id="same-layout"),
+    ],
+)
+def test_chunks_in_any_valid_layout_decode_alike(payload: dict[str, object]) -> None:
+    frame = frame_of(payload)
+    assert FrameDecoder(LIMIT).feed(frame) == [decode_frame(frame[4:])]
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        ({"id": b"i" * 16, "o": 2**64 - 1, "d": b"x" * 2000, "t": "fc"}, "offset"),
+        ({"id": b"i" * 16, "o": 0, "d": b"", "t": "fc", "z": "x" * 2000}, "empty chunk"),
+        ({"id": b"i" * 16, "o": 0, "d": b"x" * 2000, "t": "fx"}, "FileCancel"),
+    ],
+)
+def test_invalid_chunks_in_the_fast_layout_are_protocol_errors(
+    payload: dict[str, object], match: str
+) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        FrameDecoder(LIMIT).feed(frame_of(payload))

@@ -57,6 +57,7 @@ __all__ = [
     "MAX_REASON_CHARS",
     "FrameDecoder",
     "MessageIds",
+    "chunk_frame_parts",
     "decode_beacon",
     "decode_frame",
     "encode_beacon",
@@ -502,13 +503,20 @@ class FrameDecoder:
         if not bounds:
             return []
         # One decoder over the whole batch; each item must end exactly at its frame end.
-        stream = io.BytesIO(buffer)
-        del buffer[:position]
-        decoder = cbor2.CBORDecoder(stream, **_DECODE_OPTIONS)
+        stream: io.BytesIO | None = None
+        decoder: cbor2.CBORDecoder | None = None
         frames: list[Frame] = []
         for start, end in bounds:
             if start == end:
                 raise ProtocolError("empty frame")
+            if end - start >= _FAST_CHUNK_MIN:
+                chunk = _fast_chunk(buffer, start, end)
+                if chunk is not None:
+                    frames.append(chunk)
+                    continue
+            if stream is None or decoder is None:
+                stream = io.BytesIO(buffer)
+                decoder = cbor2.CBORDecoder(stream, **_DECODE_OPTIONS)
             stream.seek(start)
             try:
                 item = decoder.decode()
@@ -517,7 +525,94 @@ class FrameDecoder:
             if stream.tell() != end:
                 raise ProtocolError("the CBOR item does not fill its frame exactly")
             frames.append(_structure_frame(item, self._senders))
+        del buffer[:position]
         return frames
+
+
+# ------------------------------------------------------- file chunks, fast
+#
+# A file chunk is a large frame whose bulk is one byte string. Encoded as
+# below (the layout encode_frame produces) it is read and written without the
+# generic CBOR path's extra copies of the data; any other layout of the same
+# map takes the generic path, so both accept exactly the same frames.
+
+#: map of 4 pairs, the key "id", a 16-byte byte string follows
+_CHUNK_HEAD = b"\xa4\x62id\x50"
+#: the pair "t": "fc"
+_CHUNK_TAIL = b"\x61t\x62fc"
+#: the keys "o" and "d"
+_KEY_O = b"\x61o"
+_KEY_D = b"\x61d"
+#: smaller frames are not worth the fast path
+_FAST_CHUNK_MIN = 1024
+_UINT_SIZES = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def _cbor_head(major: int, value: int) -> bytes:
+    """The shortest CBOR head of *major* type with argument *value*."""
+    base = major << 5
+    if value < 24:
+        return bytes((base | value,))
+    for info, size in _UINT_SIZES.items():
+        if value < 1 << (8 * size):
+            return bytes((base | info,)) + value.to_bytes(size)
+    raise ValueError(f"{value} does not fit a CBOR head")
+
+
+def _read_head(data: memoryview, position: int, major: int) -> tuple[int, int] | None:
+    """(argument, next position) of a CBOR head of *major* type, or None."""
+    if position >= len(data) or data[position] >> 5 != major:
+        return None
+    info = data[position] & 31
+    if info < 24:
+        return info, position + 1
+    size = _UINT_SIZES.get(info)
+    if size is None or position + 1 + size > len(data):
+        return None
+    return int.from_bytes(data[position + 1 : position + 1 + size]), position + 1 + size
+
+
+def chunk_frame_parts(chunk: FileChunk) -> tuple[bytes, bytes, bytes]:
+    """A chunk frame as (prefix and head, data, tail).
+
+    Joined, they are the bytes of :func:`encode_frame`; apart, the data is not copied.
+    """
+    head = (
+        _CHUNK_HEAD
+        + chunk.transfer.bytes
+        + _KEY_O
+        + _cbor_head(0, chunk.offset)
+        + _KEY_D
+        + _cbor_head(2, len(chunk.data))
+    )
+    size = len(head) + len(chunk.data) + len(_CHUNK_TAIL)
+    return _HEADER.pack(size) + head, chunk.data, _CHUNK_TAIL
+
+
+def _fast_chunk(buffer: bytearray, start: int, end: int) -> FileChunk | None:
+    """The chunk frame at buffer[start:end], if laid out as encode_frame writes it.
+
+    None (for any other layout, or an invalid value) sends the frame down the
+    generic path, which accepts or refuses it as for any frame.
+    """
+    with memoryview(buffer) as whole, whole[start:end] as body:
+        if body[:5] != _CHUNK_HEAD or body[21:23] != _KEY_O:
+            return None
+        offset = _read_head(body, 23, 0)
+        if offset is None or body[offset[1] : offset[1] + 2] != _KEY_D:
+            return None
+        length = _read_head(body, offset[1] + 2, 2)
+        if length is None:
+            return None
+        data_end = length[1] + length[0]
+        if (
+            data_end + len(_CHUNK_TAIL) != len(body)
+            or body[data_end:] != _CHUNK_TAIL
+            or length[0] == 0
+            or offset[0] > _MAX_SEQ
+        ):
+            return None  # the generic path says what is wrong, if anything
+        return FileChunk(_uuid(bytes(body[5:21])), offset[0], bytes(body[length[1] : data_end]))
 
 
 # ---------------------------------------------------------------- encoding

@@ -21,7 +21,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from ._codec import FrameDecoder, MessageIds, encode_data, encode_frame
+from ._codec import FrameDecoder, MessageIds, chunk_frame_parts, encode_data, encode_frame
 from ._errors import DeliveryError, HandshakeError, PeerNotConnectedError, ProtocolError
 from ._events import Event, MessageReceived, PeerInfo
 from ._log import RateLimitedWarnings, get_logger
@@ -457,7 +457,11 @@ class PeerConnection:
         if self._debug:
             logger.debug("-> %s: %r", self.peer.name, frame)
         self.frames_sent += 1
-        self._outgoing += encode_frame(frame)
+        if type(frame) is FileChunk:  # its data is copied once, into the queue
+            for part in chunk_frame_parts(frame):
+                self._outgoing += part
+        else:
+            self._outgoing += encode_frame(frame)
 
     def _queue(self, frame: Frame) -> None:
         self._append(frame)

@@ -243,7 +243,7 @@ class FileChunk:
 
     transfer: uuid.UUID
     offset: int
-    data: bytes
+    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
 
 
 @attrs.frozen
