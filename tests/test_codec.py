@@ -434,3 +434,15 @@ def test_invalid_chunks_in_the_fast_layout_are_protocol_errors(
 ) -> None:
     with pytest.raises(ProtocolError, match=match):
         FrameDecoder(LIMIT).feed(frame_of(payload))
+
+
+def test_the_decoder_says_how_much_of_a_frame_is_missing() -> None:
+    decoder = FrameDecoder(LIMIT)
+    frame = encode_frame(Ack(7))
+    assert decoder.missing == 0
+    decoder.feed(frame[:2])
+    assert decoder.missing == 0  # the length is not known yet
+    decoder.feed(frame[2:5])
+    assert decoder.missing == len(frame) - 5
+    assert decoder.feed(frame[5:]) == [Ack(7)]
+    assert decoder.missing == 0

@@ -478,6 +478,15 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buffer)
 
+    @property
+    def missing(self) -> int:
+        """Bytes still to come before the frame in progress is complete (0 if unknown)."""
+        buffer = self._buffer
+        if len(buffer) < 4:
+            return 0
+        (size,) = _HEADER.unpack_from(buffer)
+        return 4 + int(size) - len(buffer)
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add *data* and return every frame it completes, in order.
 

@@ -99,6 +99,8 @@ HELLO_LIMIT = 4096
 #: Bytes asked of the stream per receive. (Above 128 KiB each receive costs an
 #: allocation large enough to be mapped and unmapped: 12 µs here, per receive.)
 RECEIVE_SIZE = 64 * 1024
+#: Bytes asked of the stream at most, to finish a large frame.
+MAX_RECEIVE_SIZE = 1024 * 1024 + 4096
 #: Unwritten bytes queued for a peer beyond which ``send_nowait`` raises
 #: ``WouldBlock`` and ``send`` waits for the writer: memory stays bounded whatever
 #: the messages' size, and a producer that sends without checkpoints lets the
@@ -606,7 +608,10 @@ class PeerConnection:
         decoder = self._decoder
         session = self.session
         while True:
-            data = await stream.receive_some(RECEIVE_SIZE)
+            # Ask for the rest of a large frame in one receive (a file chunk).
+            data = await stream.receive_some(
+                min(max(RECEIVE_SIZE, decoder.missing), MAX_RECEIVE_SIZE)
+            )
             if not data:
                 detail = " in the middle of a frame" if decoder.buffered else ""
                 raise _Ended(f"the peer closed the connection{detail}")
