@@ -222,6 +222,8 @@ async def test_offers_beyond_the_limits_are_refused(
         async with pair(make_config, tmp_path, **receiver) as (alice, bob):
             with pytest.raises(TransferError, match=match):
                 await alice.send_file(bob.peer_id, source)
+            failed = await wait_for(bob, FileTransferFailed)  # both ends hear of it
+            assert match in failed.error.reason
             # the messenger goes on
             await alice.send_text_message(bob.peer_id, "still here")
             event = await wait_for(bob, MessageReceived)
@@ -238,6 +240,10 @@ async def test_an_unusable_download_folder_fails_cleanly(
         async with pair(make_config, tmp_path) as (alice, bob):
             with pytest.raises(TransferError, match="cannot save the file"):
                 await alice.send_file(bob.peer_id, source)
+            failed = await wait_for(bob, FileTransferFailed)
+            assert failed.error.reason.startswith(
+                "cannot save the file: the download folder is not a folder"
+            )
             assert bob.connected_peers()
 
 

@@ -239,6 +239,10 @@ class FileTransferCompleted:
 class FileTransferFailed:
     """A transfer ended without a verified file.
 
+    Also sent, on the receiving end, for an offer that was refused (by the
+    application, a limit, or a folder it cannot write to) or not answered in
+    time.
+
     Attributes:
         transfer: the transfer.
         error: why (its ``reason`` is a sentence a person can read).

@@ -15,6 +15,7 @@ the transfer tasks run them in worker threads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pathlib
@@ -221,6 +222,10 @@ class DownloadFolder:
         created, so a partial is never left without its description, even if
         the process is killed.
         """
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(
+                errno.ENOTDIR, "the download folder is not a folder", str(self.folder)
+            )
         self.folder.mkdir(parents=True, exist_ok=True)
         part, sidecar = self._paths(key)
         offset = self.held(key, describes, size)

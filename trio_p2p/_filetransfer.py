@@ -130,7 +130,6 @@ class _Receiving:
     """What the task of an incoming transfer holds, for its cleanup."""
 
     key: str
-    told: bool
     partial: Partial | None = None
     claimed: bool = False
     keep: bool = True
@@ -371,6 +370,8 @@ class FileService:
         if refusal:
             logger.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
             self._finish_refused(conn, transfer, refusal)
+            self._counters["transfers_failed"] += 1
+            await self._send_event(FileTransferFailed(record, TransferError(f"refused: {refusal}")))
             return
         send, receive = trio.open_memory_channel[FileChunk | FileEnd](CHUNK_QUEUE)
         incoming = _Incoming(conn, transfer, record, send, receive)
@@ -402,16 +403,14 @@ class FileService:
         """The task of one incoming transfer, from the offer to the verdict."""
         conn, transfer = incoming.conn, incoming.transfer
         work = _Receiving(
-            resume_key(conn.peer.name, transfer.name, transfer.size, transfer.mtime_ns),
-            told=not self.config.auto_accept_files,  # then FileOffered was sent
+            resume_key(conn.peer.name, transfer.name, transfer.size, transfer.mtime_ns)
         )
         try:
             failure = await self._run_receive(incoming, work)
         except BaseException:  # cancelled with the messenger
-            if work.told:
-                self._counters["transfers_failed"] += 1
-                error = TransferError("the messenger was closed")
-                self._offer_event(FileTransferFailed(incoming.record, error))
+            self._counters["transfers_failed"] += 1
+            error = TransferError("the messenger was closed")
+            self._offer_event(FileTransferFailed(incoming.record, error))
             raise
         finally:
             partial = work.partial
@@ -429,7 +428,7 @@ class FileService:
             incoming.chunks.close()
             del self._incoming[transfer.id]
             conn.transfers.end(transfer.id)
-        if failure is not None and work.told:
+        if failure is not None:
             self._counters["transfers_failed"] += 1
             logger.info("receiving %s from %s failed: %s", transfer.name, conn.peer.name, failure)
             await self._send_event(FileTransferFailed(incoming.record, failure))
@@ -485,7 +484,6 @@ class FileService:
             return TransferError(reason)
         conn.send_frame_nowait(transfer.accept(partial.offset))
         record = incoming.record = attrs.evolve(incoming.record, offset=partial.offset)
-        work.told = True
         await self._send_event(FileTransferStarted(record))
         progress = _Progress(self._offer_event, record)
         written = partial.offset
