@@ -26,6 +26,8 @@ async def test_demo_exits_zero_and_names_both_peers_and_the_messages() -> None:
     assert "Bob received from Alice: 'Hello, Bob!'" in out
     assert "Alice received from Bob: 'Hi Alice, got it.'" in out
     assert "Bob received 10000, all in order" in out
+    assert "Alice sent the file 'holiday-video.bin'" in out
+    assert "Bob verified it and saved it as holiday-video.bin: identical" in out
     assert out.rstrip().endswith("OK")
     # it stays on loopback
     assert "127.255.255.255" in out

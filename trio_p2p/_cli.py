@@ -7,9 +7,13 @@ come next.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import os
+import pathlib
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -17,6 +21,7 @@ import trio
 
 from . import (
     Config,
+    FileTransferCompleted,
     MessageReceived,
     Messenger,
     PeerConnected,
@@ -60,23 +65,30 @@ async def _receive_texts(messenger: Messenger, count: int) -> list[MessageReceiv
     return received
 
 
-async def run_demo(burst: int = 10_000) -> int:
-    """Two messengers on loopback find each other, connect and talk.
+async def run_demo(burst: int = 10_000, file_mib: int = 64) -> int:
+    """Two messengers on loopback find each other, connect, talk and send a file.
 
     Everything stays on this machine: beacons go to 127.255.255.255 on a private
-    discovery port.
+    discovery port, and the file goes from one temporary folder to another.
 
     Args:
         burst: how many messages the speed part of the demo sends.
+        file_mib: size of the file sent, in MiB.
 
     Returns:
         The exit status: 0 if every step worked.
     """
+    with tempfile.TemporaryDirectory(prefix="trio_p2p_demo_") as folder:
+        return await _demo(burst, file_mib, pathlib.Path(folder))
+
+
+async def _demo(burst: int, file_mib: int, folder: pathlib.Path) -> int:
     config = Config(
         discovery_port=_free_udp_port(),
         tcp_port=0,
         broadcast_addresses=("127.255.255.255",),
         announce_interval=0.25,
+        download_dir=folder / "received",
     )
     print(
         f"trio_p2p {__version__} demo: two nodes on loopback, discovery port "
@@ -132,12 +144,36 @@ async def run_demo(burst: int = 10_000) -> int:
         )
         stats = alice.statistics()
         ok = len(got) == burst and all(in_order) and stats.messages_acknowledged == burst + 1
+
+        # a file, verified end to end
+        source = folder / "holiday-video.bin"
+        source.write_bytes(os.urandom(file_mib * 1024 * 1024))
+        t0 = time.perf_counter()
+        sent = await alice.send_file(bob.peer_id, source)
+        elapsed = time.perf_counter() - t0
+        saved = None
+        async for bob_event in bob.events:
+            if isinstance(bob_event, FileTransferCompleted):
+                saved = bob_event.transfer.path
+                break
+        same = saved is not None and _digest(saved) == _digest(source)
+        print(
+            f"Alice sent the file {sent.filename!r} ({sent.size:,} bytes) in {elapsed:.2f} s "
+            f"({sent.size / elapsed / 1e9:.2f} GB/s); Bob verified it and saved it as "
+            f"{saved.name if saved else '?'}: {'identical' if same else 'NOT IDENTICAL'}"
+        )
+        ok = ok and same
     print(
-        f"Summary: discovery, connection and {burst + 2} messages in "
+        f"Summary: discovery, connection, {burst + 2} messages and a {file_mib} MiB file in "
         f"{time.perf_counter() - started:.2f} s; both nodes said goodbye. "
         f"{'OK' if ok else 'FAILED'}"
     )
     return 0 if ok else 1
+
+
+def _digest(path: pathlib.Path) -> str:
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,7 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "-v", "--verbose", action="count", default=0, help="log to stderr (-v: info, -vv: debug)"
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands.add_parser("demo", help="two nodes on loopback discover each other and talk")
+    commands.add_parser(
+        "demo", help="two nodes on loopback discover each other, talk and send a file"
+    )
     args = parser.parse_args(argv)
     if args.verbose:
         logging.basicConfig(
