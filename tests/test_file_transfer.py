@@ -544,3 +544,48 @@ async def test_a_full_disk_fails_the_transfer_on_both_ends(
             await alice.send_text_message(bob.peer_id, "still here")
             assert (await wait_for(bob, MessageReceived)).message.content == Text("still here")
         assert not (tmp_path / "bob" / "a.bin").exists()
+
+
+async def test_a_sender_that_stops_sending_is_given_up(
+    make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read = filetransfer._read_and_hash
+    calls = 0
+
+    def stalling_read(file: BinaryIO, length: int, hasher: blake3.blake3) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            time.sleep(1.5)  # the sender's disk hangs before the first chunk
+        return read(file, length, hasher)
+
+    monkeypatch.setattr(filetransfer, "_read_and_hash", stalling_read)
+    with trio.fail_after(20):
+        source = make_file(tmp_path / "src", "a.bin", 10 * CHUNK)
+        async with pair(make_config, tmp_path, chunk_size=CHUNK, transfer_idle_timeout=0.5) as (
+            alice,
+            bob,
+        ):
+            with pytest.raises(TransferError, match=r"the sender sent nothing for 0\.5 s"):
+                await alice.send_file(bob.peer_id, source)
+            failed = await wait_for(bob, FileTransferFailed)
+            assert failed.error.reason == "the sender sent nothing for 0.5 s"
+        assert len(leftovers(tmp_path / "bob")) == 2  # kept, to resume
+
+
+async def test_a_receiver_that_stops_answering_is_given_up(
+    make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stuck_write(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+        time.sleep(1.5)  # the receiver's disk hangs: no confirmation, no verdict
+
+    monkeypatch.setattr(filetransfer, "_write_and_hash", stuck_write)
+    with trio.fail_after(20):
+        source = make_file(tmp_path / "src", "a.bin", 10)
+        async with (
+            open_messenger("Bob", make_config(download_dir=tmp_path / "bob")) as bob,
+            open_messenger("Alice", make_config(transfer_idle_timeout=0.5)) as alice,
+        ):
+            await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+            with pytest.raises(TransferError, match=r"the receiver sent nothing for 0\.5 s"):
+                await alice.send_file(bob.peer_id, source)

@@ -94,6 +94,10 @@ class Config:
             free space).
         offer_timeout: seconds an offer waits for ``accept_file`` before it is
             rejected.
+        transfer_idle_timeout: a transfer during which nothing comes from the other
+            end for this long fails (a sender that stops sending, a receiver that
+            stops confirming); a sender waits this long for an answer to its offer,
+            on top of its own ``offer_timeout``.
         max_incoming_transfers: transfers one peer may have coming in at once;
             further offers are rejected.
         free_space_margin: an offer is rejected unless the download folder's file
@@ -125,6 +129,7 @@ class Config:
     auto_accept_files: bool = True
     max_file_size: int | None = None
     offer_timeout: float = attrs.field(default=60.0, validator=_positive)
+    transfer_idle_timeout: float = attrs.field(default=60.0, validator=_positive)
     max_incoming_transfers: int = attrs.field(default=16, validator=_at_least_one)
     free_space_margin: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))
     partial_ttl: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive)

@@ -308,12 +308,17 @@ class FileService:
         if transfer.phase is Phase.FAILED:
             raise TransferError(transfer.failure or "the transfer failed")
 
-    @staticmethod
-    async def _wait(entry: _Outgoing) -> None:
+    async def _wait(self, entry: _Outgoing) -> None:
         """Wait for the next frame of the transfer (or the end of its connection)."""
         conn = entry.conn
+        idle = self.config.transfer_idle_timeout
+        if entry.transfer.phase is Phase.OFFERED:
+            idle += self.config.offer_timeout  # the receiver's user may be deciding
         if conn.reason is None:
-            await entry.lot.park()
+            with trio.move_on_after(idle) as scope:
+                await entry.lot.park()
+            if scope.cancelled_caught:
+                raise TransferError(f"the receiver sent nothing for {idle:g} s")
         if conn.reason is not None and not entry.transfer.done:
             raise TransferError(f"the connection ended: {conn.reason}")
 
@@ -487,7 +492,13 @@ class FileService:
         await self._send_event(FileTransferStarted(record))
         progress = _Progress(self._offer_event, record)
         written = partial.offset
-        async for first in incoming.arrivals:
+        idle = self.config.transfer_idle_timeout
+        while True:
+            first: FileChunk | FileEnd | None = None
+            with trio.move_on_after(idle):
+                first = await incoming.arrivals.receive()
+            if first is None:
+                raise TransferError(f"the sender sent nothing for {idle:g} s")
             # Write every chunk that is already waiting in one worker-thread call.
             batch = [first]
             while isinstance(batch[-1], FileChunk) and len(batch) < CHUNK_QUEUE:
@@ -534,7 +545,6 @@ class FileService:
             self._counters["transfers_completed"] += 1
             logger.info("received %s from %s as %s", transfer.name, conn.peer.name, record.path)
             return None
-        raise AssertionError("unreachable: the channel closes only after this task")
 
     def _prepare(
         self, key: str, describes: dict[str, object], size: int, hasher: blake3.blake3
