@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import BinaryIO
@@ -18,6 +19,7 @@ import attrs
 import blake3
 import pytest
 import trio
+import trio.testing
 
 import trio_p2p._filetransfer as filetransfer
 from trio_p2p import (
@@ -589,3 +591,31 @@ async def test_a_receiver_that_stops_answering_is_given_up(
             await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
             with pytest.raises(TransferError, match=r"the receiver sent nothing for 0\.5 s"):
                 await alice.send_file(bob.peer_id, source)
+
+
+async def test_progress_is_throttled_by_time_and_by_bytes(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    size = 100 * 1024 * 1024
+    record = Transfer(uuid.uuid4(), uuid.uuid4(), "f", size, Direction.SEND)
+    seen: list[int] = []
+
+    def emit(event: Event) -> bool:
+        assert isinstance(event, FileTransferProgress)
+        seen.append(event.bytes_transferred)
+        return True
+
+    progress = filetransfer._Progress(emit, record)
+    progress.update(10)  # not 1 MiB yet
+    progress.update(2 * 1024 * 1024)  # the first one
+    mock_clock.jump(1)
+    progress.update(2 * 1024 * 1024 + 30)  # late enough, but not 1 MiB more
+    progress.update(4 * 1024 * 1024)
+    progress.update(6 * 1024 * 1024)  # 2 MiB more, but too soon
+    mock_clock.jump(0.1)
+    progress.update(6 * 1024 * 1024)
+    final = progress.final()
+    assert final is not None
+    assert (final.bytes_transferred, final.total_bytes) == (size, size)
+    assert seen == [2 * 1024 * 1024, 4 * 1024 * 1024, 6 * 1024 * 1024]
+    assert progress.final() is None  # 100% once

@@ -209,8 +209,9 @@ class FileTransferStarted:
 class FileTransferProgress:
     """Bytes of a file confirmed written by the receiver.
 
-    Sent at most every 0.1 s per transfer (and skipped while the event channel
-    is full), always once more at 100%.
+    Sent at most every 0.1 s per transfer and only after 1 MiB more (or 1% of
+    the file, if that is less), skipped while the event channel is full; always
+    once more at 100%.
 
     Attributes:
         transfer: the transfer.

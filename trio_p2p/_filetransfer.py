@@ -56,8 +56,10 @@ logger = get_logger("transfer")
 
 #: Chunks queued between a connection's reader and an incoming transfer's task.
 CHUNK_QUEUE = 4
-#: Progress events of one transfer are at least this many seconds apart.
+#: Progress events of one transfer are at least this many seconds apart...
 PROGRESS_INTERVAL = 0.1
+#: ...and this many bytes (or 1% of the file, if less).
+PROGRESS_STEP = 1024 * 1024
 #: Unclaimed partial files are looked for this often (seconds).
 SWEEP_INTERVAL = 3600.0
 
@@ -100,10 +102,14 @@ class _Progress:
         self._transfer = transfer
         self._last_time = -math.inf
         self._last_bytes = -1
+        #: the least advance worth an event: 1% of the file, at most PROGRESS_STEP
+        self._step = max(1, min(PROGRESS_STEP, transfer.size // 100))
 
     def update(self, done: int) -> None:
+        if done - self._last_bytes < self._step:
+            return
         now = trio.current_time()
-        if done == self._last_bytes or now - self._last_time < PROGRESS_INTERVAL:
+        if now - self._last_time < PROGRESS_INTERVAL:
             return
         event = FileTransferProgress(self._transfer, done, self._transfer.size)
         if self._emit(event):
