@@ -194,3 +194,12 @@ def test_room_is_checked_with_the_margin(tmp_path: pathlib.Path) -> None:
     folder.check_room(1000)  # the nearest existing parent's file system is used
     with pytest.raises(OSError, match="not enough free space"):
         DownloadFolder(tmp_path, 1 << 62).check_room(1)
+
+
+def test_a_dangling_link_counts_as_taken(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "a.txt").symlink_to(tmp_path / "nowhere")
+    assert unique_path(tmp_path, "a.txt") == tmp_path / "a (1).txt"
+    folder = DownloadFolder(tmp_path, 0)
+    partial = folder.open_partial(resume_key("A", "a.txt", 1, 0), DESCRIBES, 1)
+    partial.file.write(b"x")
+    assert folder.finish(partial, "a.txt") == tmp_path / "a (1).txt"  # and it returns

@@ -98,8 +98,9 @@ class Config:
             end for this long fails (a sender that stops sending, a receiver that
             stops confirming); a sender waits this long for an answer to its offer,
             on top of its own ``offer_timeout``.
-        max_incoming_transfers: transfers one peer may have coming in at once;
-            further offers are rejected.
+        max_incoming_transfers: transfers one peer may have coming in at once
+            (and all peers together four times as many); further offers are
+            rejected.
         free_space_margin: an offer is rejected unless the download folder's file
             system keeps at least this many bytes free after the file.
         partial_ttl: seconds a partial file (kept to resume an interrupted

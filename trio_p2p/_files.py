@@ -117,7 +117,7 @@ def unique_path(folder: pathlib.Path, name: str) -> pathlib.Path:
     taken between this call and that moment).
     """
     candidate = folder / name
-    if not candidate.exists():
+    if not os.path.lexists(candidate):  # (a dangling link is taken too)
         return candidate
     stem, dot, extension = name.rpartition(".")
     if not dot or not stem:
@@ -130,7 +130,7 @@ def unique_path(folder: pathlib.Path, name: str) -> pathlib.Path:
         room = MAX_NAME_BYTES - len(extension.encode("utf-8")) - len(suffix)
         base = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(" .") or _FALLBACK
         candidate = folder / f"{base}{suffix}{extension}"
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             return candidate
         number += 1
 
@@ -202,17 +202,21 @@ class DownloadFolder:
             return 0
         return held if recorded == describes and held <= size else 0
 
-    def check_room(self, size: int, held: int = 0) -> None:
-        """Raise :exc:`OSError` unless the rest of a *size*-byte file fits with the margin."""
+    def check_room(self, size: int, held: int = 0, reserved: int = 0) -> None:
+        """Raise :exc:`OSError` unless the rest of a *size*-byte file fits.
+
+        *reserved* bytes are promised to other files under way, and the margin
+        must stay free after all of them.
+        """
         folder = self.folder
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
         free = shutil.disk_usage(folder).free
-        needed = size - held + self.free_space_margin
-        if free < needed:
+        if free < size - held + reserved + self.free_space_margin:
+            under_way = f", files under way need {reserved} more" if reserved else ""
             raise OSError(
-                f"not enough free space: the file needs {size - held} bytes and "
-                f"{self.free_space_margin} must stay free, {free} are free"
+                f"not enough free space: the file needs {size - held} bytes{under_way}, "
+                f"{self.free_space_margin} must stay free, and {free} are free"
             )
 
     def open_partial(self, key: str, describes: dict[str, object], size: int) -> Partial:
@@ -261,7 +265,7 @@ class DownloadFolder:
             except FileExistsError:
                 continue
             except OSError:  # no hard links here: rename, after checking again
-                if target.exists():
+                if os.path.lexists(target):
                     continue
                 os.rename(partial.path, target)
                 break

@@ -46,14 +46,19 @@ from ._events import (
     Transfer,
 )
 from ._files import DownloadFolder, Partial, hash_range, resume_key
-from ._log import get_logger
+from ._log import RateLimitedWarnings, get_logger
 from ._messages import FileChunk, FileEnd, FileFrame, FileOffer
 from ._transfer import IncomingTransfer, OutgoingTransfer, Phase
 
 __all__ = ["FileService"]
 
 logger = get_logger("transfer")
+#: refusals of offers, which a peer can make as often as it offers
+refused = RateLimitedWarnings(logger)
 
+#: Incoming transfers open at once from all peers together, at most this many
+#: times ``Config.max_incoming_transfers`` (each holds an open file).
+TOTAL_INCOMING_FACTOR = 4
 #: Chunks queued between a connection's reader and an incoming transfer's task.
 CHUNK_QUEUE = 4
 #: Progress events of one transfer are at least this many seconds apart...
@@ -62,6 +67,11 @@ PROGRESS_INTERVAL = 0.1
 PROGRESS_STEP = 1024 * 1024
 #: Unclaimed partial files are looked for this often (seconds).
 SWEEP_INTERVAL = 3600.0
+
+
+def _ended(transfer: IncomingTransfer) -> bool:
+    """Whether *transfer* has ended (read anew after every await: the peer may cancel)."""
+    return transfer.done
 
 
 def _read_and_hash(file: BinaryIO, length: int, hasher: blake3.blake3) -> bytes:
@@ -85,13 +95,6 @@ def _open_regular(path: pathlib.Path) -> BinaryIO:
     if not stat.S_ISREG(path.stat().st_mode):  # also keeps a FIFO from blocking the open
         raise TransferError(f"{path} is not a regular file")
     return open(path, "rb")
-
-
-async def _send_frame(conn: PeerConnection, frame: FileFrame) -> None:
-    try:
-        await conn.send_frame(frame)
-    except PeerNotConnectedError:
-        raise TransferError(f"the connection ended: {conn.reason or 'closing'}") from None
 
 
 class _Progress:
@@ -129,6 +132,11 @@ class _Outgoing:
     conn: PeerConnection
     transfer: OutgoingTransfer
     lot: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
+    #: cancelled by cancel_transfer, to stop the sender wherever it waits
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    #: (phase, confirmed) when the receiver last made progress, and when
+    seen: tuple[Phase, int] = (Phase.OFFERED, -1)
+    since: float = 0.0
 
 
 @attrs.define
@@ -139,6 +147,8 @@ class _Receiving:
     partial: Partial | None = None
     claimed: bool = False
     keep: bool = True
+    #: bytes of free space promised to this transfer
+    reserved: int = 0
 
 
 @attrs.define(eq=False)
@@ -183,6 +193,8 @@ class FileService:
         self._incoming: dict[uuid.UUID, _Incoming] = {}
         #: resume keys of the files being received, so one is never written twice
         self._receiving: set[str] = set()
+        #: bytes still to come for the transfers under way (kept free for them)
+        self._reserved = 0
 
     # ------------------------------------------------------------ application
 
@@ -220,7 +232,7 @@ class FileService:
         if entry is None or entry.transfer.done:
             raise ValueError(f"no transfer {transfer_id} is in progress")
         self._cancel(entry.conn, entry.transfer, reason)
-        entry.lot.unpark_all()
+        entry.scope.cancel()
 
     async def send(self, conn: PeerConnection, path: pathlib.Path) -> Transfer:
         """Send the file at *path* over *conn*; return once the receiver verified it.
@@ -252,46 +264,10 @@ class FileService:
         entry = _Outgoing(conn, transfer)
         self._outgoing[transfer.id] = entry
         try:
-            await _send_frame(conn, conn.transfers.add(transfer))
-            while transfer.phase is Phase.OFFERED:
-                await self._wait(entry)
-            self._check(transfer)
-            record = attrs.evolve(record, offset=transfer.start)
-            await self._send_event(FileTransferStarted(record))
-            progress = _Progress(self._offer_event, record)
-            hasher = blake3.blake3()
-            if transfer.start:
-                await trio.to_thread.run_sync(hash_range, file, transfer.start, hasher)
-            while not transfer.all_sent:
-                self._check(transfer)
-                step = transfer.next_chunk()
-                if step is None:  # the receiver must confirm more first
-                    await self._wait(entry)
-                    progress.update(transfer.confirmed)
-                    continue
-                offset, length = step
-                data = await trio.to_thread.run_sync(_read_and_hash, file, length, hasher)
-                if len(data) != length:
-                    raise TransferError("the file became shorter while it was sent")
-                self._check(transfer)
-                await _send_frame(conn, transfer.chunk(offset, data))
-                self._counters["file_bytes_sent"] += length
-                progress.update(transfer.confirmed)
-            if await trio.to_thread.run_sync(file.read, 1):
-                raise TransferError("the file became longer while it was sent")
-            self._check(transfer)  # (cancelled meanwhile?)
-            await _send_frame(conn, transfer.end(hasher.digest()))
-            while transfer.phase is Phase.ENDING:
-                await self._wait(entry)
-                progress.update(transfer.confirmed)
-            self._check(transfer)
-            final = progress.final()
-            if final is not None:
-                await self._send_event(final)
-            await self._send_event(FileTransferCompleted(record))
-            self._counters["transfers_completed"] += 1
-            logger.info("sent %s to %s (%d bytes)", record.filename, conn.peer.name, record.size)
-            return record
+            with entry.scope:
+                return await self._send_steps(entry, record, file)
+            # cancel_transfer (the transfer has failed with its reason)
+            raise TransferError(transfer.failure or "the transfer was cancelled")
         except TransferError as exc:
             self._cancel(conn, transfer, exc.reason)
             self._counters["transfers_failed"] += 1
@@ -309,23 +285,85 @@ class FileService:
             del self._outgoing[transfer.id]
             conn.transfers.end(transfer.id)
 
+    async def _send_steps(self, entry: _Outgoing, record: Transfer, file: BinaryIO) -> Transfer:
+        conn, transfer = entry.conn, entry.transfer
+        await self._send_frame(conn, conn.transfers.add(transfer))
+        while transfer.phase is Phase.OFFERED:
+            await self._wait(entry)
+        self._check(transfer)
+        record = attrs.evolve(record, offset=transfer.start)
+        await self._send_event(FileTransferStarted(record))
+        progress = _Progress(self._offer_event, record)
+        hasher = blake3.blake3()
+        if transfer.start:
+            await trio.to_thread.run_sync(hash_range, file, transfer.start, hasher)
+        while not transfer.all_sent:
+            self._check(transfer)
+            step = transfer.next_chunk()
+            if step is None:  # the receiver must confirm more first
+                await self._wait(entry)
+                progress.update(transfer.confirmed)
+                continue
+            offset, length = step
+            data = await trio.to_thread.run_sync(_read_and_hash, file, length, hasher)
+            if len(data) != length:
+                raise TransferError("the file became shorter while it was sent")
+            self._check(transfer)
+            await self._send_frame(conn, transfer.chunk(offset, data))
+            self._counters["file_bytes_sent"] += length
+            progress.update(transfer.confirmed)
+        if await trio.to_thread.run_sync(file.read, 1):
+            raise TransferError("the file became longer while it was sent")
+        self._check(transfer)  # (cancelled meanwhile?)
+        await self._send_frame(conn, transfer.end(hasher.digest()))
+        while transfer.phase is Phase.ENDING:
+            await self._wait(entry)
+            progress.update(transfer.confirmed)
+        self._check(transfer)
+        final = progress.final()
+        if final is not None:
+            await self._send_event(final)
+        await self._send_event(FileTransferCompleted(record))
+        self._counters["transfers_completed"] += 1
+        logger.info("sent %s to %s (%d bytes)", record.filename, conn.peer.name, record.size)
+        return record
+
+    async def _send_frame(self, conn: PeerConnection, frame: FileFrame) -> None:
+        """Queue *frame*, waiting (a bounded time) while the peer does not read."""
+        idle = self.config.transfer_idle_timeout
+        try:
+            with trio.move_on_after(idle) as scope:
+                await conn.send_frame(frame)
+        except PeerNotConnectedError:
+            raise TransferError(f"the connection ended: {conn.reason or 'closing'}") from None
+        if scope.cancelled_caught:
+            raise TransferError(f"the receiver read nothing for {idle:g} s")
+
     @staticmethod
     def _check(transfer: OutgoingTransfer) -> None:
         if transfer.phase is Phase.FAILED:
             raise TransferError(transfer.failure or "the transfer failed")
 
     async def _wait(self, entry: _Outgoing) -> None:
-        """Wait for the next frame of the transfer (or the end of its connection)."""
-        conn = entry.conn
+        """Wait for the receiver's next frame (or the end of the connection).
+
+        Fails once the receiver has made no progress (no phase change, no higher
+        confirmation) for ``transfer_idle_timeout``: frames that repeat what it
+        said before do not keep a transfer alive.
+        """
+        conn, transfer = entry.conn, entry.transfer
+        state = (transfer.phase, transfer.confirmed)
+        if state != entry.seen:
+            entry.seen, entry.since = state, trio.current_time()
         idle = self.config.transfer_idle_timeout
-        if entry.transfer.phase is Phase.OFFERED:
+        if transfer.phase is Phase.OFFERED:
             idle += self.config.offer_timeout  # the receiver's user may be deciding
         if conn.reason is None:
-            with trio.move_on_after(idle) as scope:
+            with trio.move_on_at(entry.since + idle) as scope:
                 await entry.lot.park()
             if scope.cancelled_caught:
-                raise TransferError(f"the receiver sent nothing for {idle:g} s")
-        if conn.reason is not None and not entry.transfer.done:
+                raise TransferError(f"the receiver made no progress for {idle:g} s")
+        if conn.reason is not None and not transfer.done:
             raise TransferError(f"the connection ended: {conn.reason}")
 
     @staticmethod
@@ -355,8 +393,8 @@ class FileService:
             await self._offered(conn, transfer)
             return
         incoming = self._incoming.get(transfer.id)
-        if incoming is None:
-            return
+        if incoming is None or incoming.conn is not conn:
+            return  # refused or ended here (its frames may still be on their way)
         if isinstance(frame, FileChunk | FileEnd):
             # (if its task has ended, it has said so: the frame is dropped)
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -379,8 +417,11 @@ class FileService:
         )
         refusal = self._refusal(conn, transfer)
         if refusal:
-            logger.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
-            self._finish_refused(conn, transfer, refusal)
+            refused.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
+            # Awaited: a peer that offers without reading the answers is held back.
+            with contextlib.suppress(PeerNotConnectedError):
+                await conn.send_frame(transfer.reject(refusal))
+            conn.transfers.end(transfer.id)
             self._counters["transfers_failed"] += 1
             await self._send_event(FileTransferFailed(record, TransferError(f"refused: {refusal}")))
             return
@@ -398,16 +439,22 @@ class FileService:
         config = self.config
         if config.max_file_size is not None and transfer.size > config.max_file_size:
             return f"the file is larger than this node accepts ({config.max_file_size} bytes)"
+        if transfer.id in self._incoming or transfer.id in self._outgoing:
+            return "this transfer id is in use here"
+        limit = config.max_incoming_transfers
         open_here = sum(1 for i in self._incoming.values() if i.conn is conn)
-        if open_here >= config.max_incoming_transfers:
-            return f"too many transfers at once (at most {config.max_incoming_transfers})"
+        if open_here >= limit:
+            return f"too many transfers at once (at most {limit})"
+        if len(self._incoming) >= TOTAL_INCOMING_FACTOR * limit:
+            return f"too many transfers from all peers at once (at most {4 * limit})"
         return ""
 
     def _finish_refused(
         self, conn: PeerConnection, transfer: IncomingTransfer, reason: str
     ) -> None:
-        with contextlib.suppress(PeerNotConnectedError):
-            conn.send_frame_nowait(transfer.reject(reason))
+        if transfer.phase is Phase.OFFERED:  # (not if the peer cancelled meanwhile)
+            with contextlib.suppress(PeerNotConnectedError):
+                conn.send_frame_nowait(transfer.reject(reason))
         conn.transfers.end(transfer.id)
 
     async def _receive(self, incoming: _Incoming) -> None:
@@ -426,18 +473,19 @@ class FileService:
         finally:
             partial = work.partial
             if partial is not None:
-                # an interrupted transfer keeps its partial, to resume
+                # an interrupted transfer keeps its partial, to resume (if it holds any)
+                keep = work.keep and transfer.received > 0
                 close = (
-                    partial.file.close
-                    if work.keep
-                    else functools.partial(self.folder.discard, partial)
+                    partial.file.close if keep else functools.partial(self.folder.discard, partial)
                 )
                 with trio.CancelScope(shield=True):
                     await trio.to_thread.run_sync(close)
             if work.claimed:
                 self._receiving.discard(work.key)
+            self._reserved -= work.reserved
             incoming.chunks.close()
-            del self._incoming[transfer.id]
+            if self._incoming.get(transfer.id) is incoming:
+                del self._incoming[transfer.id]
             conn.transfers.end(transfer.id)
         if failure is not None:
             self._counters["transfers_failed"] += 1
@@ -484,15 +532,25 @@ class FileService:
             "mtime_ns": transfer.mtime_ns,
         }
         hasher = blake3.blake3()
+        # Promise the space before looking (offers that come together must not
+        # all count the same free space); what the partial already holds is
+        # given back below.
+        others = self._reserved
+        work.reserved = transfer.size
+        self._reserved += work.reserved
         try:
             work.partial = partial = await trio.to_thread.run_sync(
-                self._prepare, work.key, describes, transfer.size, hasher
+                self._prepare, work.key, describes, transfer.size, others, hasher
             )
         except OSError as exc:
             reason = f"cannot save the file: {_describe(exc)}"
-            logger.warning("refused %s from %s: %s", transfer.name, conn.peer.name, reason)
+            refused.warning("refused %s from %s: %s", transfer.name, conn.peer.name, reason)
             self._finish_refused(conn, transfer, reason)
             return TransferError(reason)
+        if _ended(transfer):  # the peer cancelled while the partial was prepared
+            return TransferError(transfer.failure or "cancelled by the peer")
+        work.reserved -= partial.offset
+        self._reserved -= partial.offset
         conn.send_frame_nowait(transfer.accept(partial.offset))
         record = incoming.record = attrs.evolve(incoming.record, offset=partial.offset)
         await self._send_event(FileTransferStarted(record))
@@ -522,6 +580,8 @@ class FileService:
                 size = sum(map(len, chunks))
                 written += size
                 self._counters["file_bytes_received"] += size
+                if _ended(transfer):  # the peer cancelled meanwhile
+                    return TransferError(transfer.failure or "cancelled by the peer")
                 confirm = transfer.written(written)
                 if confirm is not None:
                     conn.send_frame_nowait(confirm)
@@ -531,6 +591,7 @@ class FileService:
             # the end: every byte is in
             digest = hasher.digest()
             problem = ""
+            saved = False
             if digest == transfer.digest:
                 try:
                     path = await trio.to_thread.run_sync(self.folder.finish, partial, transfer.name)
@@ -538,12 +599,20 @@ class FileService:
                     problem = f"cannot save the file: {_describe(exc)}"
                 else:
                     work.partial = None  # it is the saved file now
+                    saved = True
                     record = incoming.record = attrs.evolve(record, path=path)
-            verdict = transfer.verdict(digest, problem)
-            conn.send_frame_nowait(verdict)
-            if not verdict.verified:
-                work.keep = False  # corrupt or unsavable: start over next time
-                return TransferError(verdict.reason)
+            if _ended(transfer) and not saved:  # the peer cancelled meanwhile
+                return TransferError(transfer.failure or "cancelled by the peer")
+            if _ended(transfer):
+                # Cancelled after its end: the file is whole and verified all the
+                # same; keep it, and say so here (the peer no longer listens).
+                logger.info("%s was cancelled by its sender after it was complete", record.path)
+            else:
+                verdict = transfer.verdict(digest, problem)
+                conn.send_frame_nowait(verdict)
+                if not verdict.verified:
+                    work.keep = False  # corrupt or unsavable: start over next time
+                    return TransferError(verdict.reason)
             final = progress.final()
             if final is not None:
                 await self._send_event(final)
@@ -553,10 +622,18 @@ class FileService:
             return None
 
     def _prepare(
-        self, key: str, describes: dict[str, object], size: int, hasher: blake3.blake3
+        self,
+        key: str,
+        describes: dict[str, object],
+        size: int,
+        reserved: int,
+        hasher: blake3.blake3,
     ) -> Partial:
-        """Open the partial (resuming what it holds) and hash what it holds."""
-        self.folder.check_room(size, self.folder.held(key, describes, size))
+        """Open the partial (resuming what it holds) and hash what it holds.
+
+        *reserved* bytes are promised to the transfers already under way.
+        """
+        self.folder.check_room(size, self.folder.held(key, describes, size), reserved)
         partial = self.folder.open_partial(key, describes, size)
         try:
             hash_range(partial.file, partial.offset, hasher)

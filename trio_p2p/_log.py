@@ -35,11 +35,20 @@ class RateLimitedWarnings:
 
     def warning(self, msg: str, *args: object) -> None:
         """Log *msg* % *args* at WARNING unless the rate limit is reached."""
+        self.log(logging.WARNING, msg, *args)
+
+    def info(self, msg: str, *args: object) -> None:
+        """Log *msg* % *args* at INFO unless the rate limit is reached."""
+        self.log(logging.INFO, msg, *args)
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        """Log *msg* % *args* at *level* unless the rate limit is reached."""
         now = time.monotonic()
         if now - self._window_start >= self._period:
             if self._suppressed:
-                self._logger.warning(
-                    "%d similar warnings suppressed in the last %g s",
+                self._logger.log(
+                    level,
+                    "%d similar messages suppressed in the last %g s",
                     self._suppressed,
                     self._period,
                 )
@@ -48,6 +57,6 @@ class RateLimitedWarnings:
             self._suppressed = 0
         if self._count < self._burst:
             self._count += 1
-            self._logger.warning(msg, *args)
+            self._logger.log(level, msg, *args)
         else:
             self._suppressed += 1

@@ -1,0 +1,239 @@
+"""Hostile peers and file transfers: a raw protocol peer on loopback tries to break a node.
+
+Each test is a problem a review found (the node crashed, hung or grew without
+bound); each now ends with the node still serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import blake3
+import pytest
+import trio
+
+import trio_p2p._filetransfer as filetransfer
+from trio_p2p import FileTransferFailed, Messenger, TransferError, open_messenger
+from trio_p2p._codec import FrameDecoder, encode_frame
+from trio_p2p._connection import QUEUE_LIMIT
+from trio_p2p._log import RateLimitedWarnings
+from trio_p2p._messages import (
+    PROTOCOL_VERSION,
+    FileAccept,
+    FileCancel,
+    FileConfirm,
+    FileEnd,
+    FileOffer,
+    FileReject,
+    FileVerdict,
+    Frame,
+    Hello,
+    Ping,
+    Pong,
+)
+
+from .conftest import ConfigFactory
+from .helpers import wait_for
+
+EMPTY_DIGEST = blake3.blake3(b"").digest()
+MiB = 1024 * 1024
+
+
+@attrs.define
+class RawPeer:
+    """A peer that speaks the protocol by hand, frame by frame."""
+
+    stream: trio.SocketStream
+    node_id: uuid.UUID
+    decoder: FrameDecoder = attrs.field(factory=lambda: FrameDecoder(1 << 24))
+    backlog: list[Frame] = attrs.field(factory=list)
+
+    async def send(self, *frames: Frame) -> None:
+        await self.stream.send_all(b"".join(encode_frame(f) for f in frames))
+
+    async def receive(self, *kinds: type[Frame]) -> Frame:
+        """The next frame of one of *kinds* (others are skipped)."""
+        while True:
+            while not self.backlog:
+                data = await self.stream.receive_some(65536)
+                assert data, "the node closed the connection"
+                self.backlog = self.decoder.feed(data)
+            frame = self.backlog.pop(0)
+            if isinstance(frame, kinds):
+                return frame
+
+
+@asynccontextmanager
+async def raw_peer(node: Messenger, name: str = "Mallory") -> AsyncIterator[RawPeer]:
+    stream = await trio.open_tcp_stream("127.0.0.1", node.tcp_port)
+    async with stream:
+        hello = Hello(PROTOCOL_VERSION, uuid.uuid4(), os.urandom(16), name, 1234, 1 << 24)
+        await stream.send_all(encode_frame(hello))
+        peer = RawPeer(stream, hello.node_id)
+        await peer.receive(Hello)
+        yield peer
+
+
+async def still_serving(node: Messenger, peer: RawPeer) -> None:
+    """The node answers a ping: its reader runs and it has not crashed."""
+    assert node.connected_peers()
+    await peer.send(Ping())
+    await peer.receive(Pong)
+
+
+def names(folder: pathlib.Path) -> list[str]:
+    return sorted(os.listdir(folder))
+
+
+def offer(name: str = "f.bin", size: int = 0, transfer: uuid.UUID | None = None) -> FileOffer:
+    return FileOffer(transfer or uuid.uuid4(), name, size, MiB, 1)
+
+
+async def test_a_cancel_while_the_partial_is_prepared_is_harmless(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    with trio.fail_after(20):
+        async with (
+            open_messenger("Bob", make_config(download_dir=tmp_path)) as bob,
+            raw_peer(bob) as peer,
+        ):
+            for i in range(50):
+                tid = uuid.uuid4()
+                await peer.send(offer(f"f{i}", 10, tid), FileCancel(tid, "never mind"))
+                await trio.sleep(0.005 * (i % 3))
+            await still_serving(bob, peer)
+        assert names(tmp_path) == []  # nothing kept of transfers that held nothing
+
+
+async def test_an_end_followed_at_once_by_a_cancel_is_harmless(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    with trio.fail_after(20):
+        async with (
+            open_messenger("Bob", make_config(download_dir=tmp_path)) as bob,
+            raw_peer(bob) as peer,
+        ):
+            for i in range(30):
+                tid = uuid.uuid4()
+                await peer.send(offer(f"g{i}.bin", 0, tid))
+                await peer.receive(FileAccept)
+                digest = EMPTY_DIGEST if i % 2 else b"\0" * 32
+                await peer.send(FileEnd(tid, digest), FileCancel(tid, "bye"))
+            await still_serving(bob, peer)
+
+
+async def test_one_transfer_id_on_two_connections_is_refused_the_second_time(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    with trio.fail_after(20):
+        async with (
+            open_messenger("Bob", make_config(download_dir=tmp_path)) as bob,
+            raw_peer(bob, "M1") as first,
+            raw_peer(bob, "M2") as second,
+        ):
+            tid = uuid.uuid4()
+            await first.send(offer("one", 0, tid))
+            await first.receive(FileAccept)
+            await second.send(offer("two", 0, tid))
+            refusal = await second.receive(FileReject)
+            assert isinstance(refusal, FileReject)
+            assert refusal.reason == "this transfer id is in use here"
+            await second.send(FileEnd(tid, EMPTY_DIGEST))  # ignored: not its transfer
+            await first.send(FileEnd(tid, EMPTY_DIGEST))
+            verdict = await first.receive(FileVerdict)
+            assert verdict == FileVerdict(tid, True, "")
+            await still_serving(bob, second)
+        assert names(tmp_path) == ["one"]
+
+
+async def test_a_receiver_repeating_itself_does_not_keep_send_file_waiting(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"abc")
+    with trio.fail_after(20):
+        async with open_messenger("Alice", make_config(transfer_idle_timeout=0.5)) as alice:
+            listener = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listener[0].socket.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+
+                async def receiver() -> None:
+                    async with await listener[0].accept() as stream:
+                        peer = RawPeer(stream, uuid.uuid4())
+                        hello = Hello(
+                            PROTOCOL_VERSION, peer.node_id, os.urandom(16), "R", port, 1 << 24
+                        )
+                        await peer.send(hello)
+                        offered = await peer.receive(FileOffer)
+                        assert isinstance(offered, FileOffer)
+                        await peer.send(FileAccept(offered.transfer, 0))
+                        await peer.receive(FileEnd)
+                        while True:  # the same confirmation, again and again; no verdict
+                            await peer.send(FileConfirm(offered.transfer, 3), Ping())
+                            await trio.sleep(0.1)
+
+                nursery.start_soon(receiver)
+                peer_info = await alice.connect_to_peer(("127.0.0.1", port))
+                with pytest.raises(TransferError, match="made no progress"):
+                    await alice.send_file(peer_info.id, source)
+                nursery.cancel_scope.cancel()
+            await listener[0].aclose()
+
+
+async def test_offers_from_a_peer_that_reads_nothing_cannot_grow_the_queue(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    with trio.fail_after(30):
+        config = make_config(download_dir=tmp_path, max_incoming_transfers=1)
+        async with open_messenger("Bob", config) as bob, raw_peer(bob) as peer:
+            await peer.send(offer("holds-the-only-place", 10))
+            flood = b"".join(encode_frame(offer("x", 1)) for _ in range(2000))
+            with trio.move_on_after(3):  # Bob stops reading once his answers pile up
+                for _ in range(100):
+                    await peer.stream.send_all(flood)
+            conn = bob._connections[peer.node_id]
+            assert len(conn._outgoing) < QUEUE_LIMIT + 1024
+
+
+async def test_concurrent_offers_share_the_free_space(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    config = make_config(download_dir=tmp_path, free_space_margin=free - 20 * MiB)
+    with trio.fail_after(20):
+        async with open_messenger("Bob", config) as bob, raw_peer(bob) as peer:
+            offers = [offer(f"big{i}", 15 * MiB) for i in range(4)]
+            await peer.send(*offers)
+            answers = [await peer.receive(FileAccept, FileReject) for _ in offers]
+            kinds = sorted(type(a).__name__ for a in answers)
+            assert kinds == ["FileAccept", "FileReject", "FileReject", "FileReject"]
+            refused = [a for a in answers if isinstance(a, FileReject)]
+            assert all("not enough free space" in r.reason for r in refused)
+
+
+async def test_refusals_cannot_flood_the_log(
+    make_config: ConfigFactory,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_p2p.transfer")
+    # a limiter of its own: other tests may have used this one's allowance
+    monkeypatch.setattr(filetransfer, "refused", RateLimitedWarnings(filetransfer.logger))
+    config = make_config(download_dir=tmp_path, max_file_size=10)
+    with trio.fail_after(20):
+        async with open_messenger("Bob", config) as bob, raw_peer(bob) as peer:
+            await peer.send(*[offer(f"f{i}", 100) for i in range(300)])
+            for _ in range(300):
+                await peer.receive(FileReject)
+            failed = await wait_for(bob, FileTransferFailed)
+            assert "larger than this node accepts" in failed.error.reason
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert 0 < len(refusals) <= 11
