@@ -23,6 +23,7 @@ from trio_p2p import (
     Text,
     open_messenger,
 )
+from trio_p2p._messages import BeaconKind
 
 from .conftest import ConfigFactory, free_udp_port
 from .helpers import connect, discover, drain, texts, wait_for
@@ -537,3 +538,15 @@ async def test_events_abandoned_at_shutdown_are_counted(make_config: ConfigFacto
             # everything the connection produced was either placed or counted
             assert placed == 1
             assert stats.events_dropped >= 1
+
+
+async def test_a_leaving_node_announces_nothing_after_its_goodbye(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(10):
+        async with open_messenger("Alice", make_config()) as alice:
+            await alice._discovery.send(BeaconKind.GOODBYE)  # as leaving does, first
+            sent = alice.statistics().datagrams_sent
+            await alice.discover_peers()  # a request and an announcement: not any more
+            await trio.sleep(0.5)  # and no announcement from the loop either
+            assert alice.statistics().datagrams_sent == sent

@@ -202,6 +202,8 @@ class Discovery:
         self._announce_now = trio.Event()
         self._targets: tuple[str, ...] = ()
         self._last_announce = -float("inf")
+        #: set once the goodbye beacon is sent: nothing more goes out
+        self._gone = False
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -223,7 +225,15 @@ class Discovery:
         self._targets = targets
 
     async def send(self, kind: BeaconKind) -> None:
-        """Send one beacon of *kind* to every target; errors are counted, never raised."""
+        """Send one beacon of *kind* to every target; errors are counted, never raised.
+
+        After a goodbye, announcements and requests are not sent any more (a node
+        that is leaving must not be discovered again while it closes).
+        """
+        if self._gone:
+            return
+        if kind is BeaconKind.GOODBYE:
+            self._gone = True
         data = encode_beacon(attrs.evolve(self.beacon, kind=kind))
         for target in self._targets:
             try:
