@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import pathlib
 import subprocess
 import sys
+import uuid
+from typing import Any
 
+import attrs
+import pytest
 import trio
+
+from trio_p2p import (
+    DeliveryFailed,
+    Direction,
+    Error,
+    Event,
+    FileOffered,
+    FileTransferCompleted,
+    FileTransferFailed,
+    FileTransferProgress,
+    FileTransferStarted,
+    Message,
+    MessageReceived,
+    PeerConnected,
+    PeerDisconnected,
+    PeerDiscovered,
+    PeerInfo,
+    PeerLost,
+    Text,
+    Transfer,
+    TransferError,
+)
+from trio_p2p._cli_json import describe_event, event_to_json, event_to_line
+
+from .conftest import free_udp_port
 
 
 async def run_tool(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -40,3 +72,154 @@ async def test_version_and_usage_errors() -> None:
     result = await run_tool("no-such-command")
     assert result.returncode == 2
     assert b"invalid choice" in result.stderr
+
+
+def loopback_options(discovery_port: int) -> list[str]:
+    """Options that keep a CLI node on this machine, on a private discovery port."""
+    return [
+        "--port",
+        "0",
+        "--discovery-port",
+        str(discovery_port),
+        "--broadcast",
+        "127.255.255.255",
+    ]
+
+
+async def test_listen_json_and_send_text_and_file(tmp_path: pathlib.Path) -> None:
+    options = loopback_options(free_udp_port())
+    note = tmp_path / "note.txt"
+    note.write_text("a small file")
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            listener = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    [
+                        sys.executable,
+                        "-m",
+                        "trio_p2p",
+                        "listen",
+                        "Bob",
+                        "--json",
+                        *options,
+                        "--download-dir",
+                        str(tmp_path / "received"),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    check=False,
+                )
+            )
+            assert listener.stdout is not None
+            lines = JsonLines(listener.stdout)
+            sent = await run_tool("send", "Alice", "--to", "Bob", "--text", "hi Bob", *options)
+            assert sent.returncode == 0, sent.stderr.decode()
+            assert b"acknowledged" in sent.stdout
+            message = await lines.next_of("message_received")
+            assert message["message"]["text"] == "hi Bob"
+            assert message["message"]["sender_name"] == "Alice"
+            uuid.UUID(message["message"]["id"])
+            sent = await run_tool("send", "Alice", "--to", "Bob", "--file", str(note), *options)
+            assert sent.returncode == 0, sent.stderr.decode()
+            done = await lines.next_of("file_transfer_completed")
+            transfer = done["transfer"]
+            assert (transfer["filename"], transfer["size"], transfer["direction"]) == (
+                "note.txt",
+                12,
+                "receive",
+            )
+            assert read_text(transfer["path"]) == "a small file"
+            listed = await run_tool("peers", "--json", "--timeout", "1", *options)
+            assert listed.returncode == 0
+            names = [json.loads(line)["name"] for line in listed.stdout.decode().splitlines()]
+            assert "Bob" in names
+            listener.terminate()
+
+
+async def test_send_to_a_missing_peer_exits_1_within_its_timeout() -> None:
+    options = loopback_options(free_udp_port())
+    start = trio.current_time()
+    result = await run_tool(
+        "send", "Alice", "--to", "Nobody", "--text", "x", "--timeout", "1", *options
+    )
+    assert result.returncode == 1
+    assert b"no peer 'Nobody' answered discovery within 1 s" in result.stderr
+    assert trio.current_time() - start < 10
+
+
+def read_text(path: str) -> str:
+    return pathlib.Path(path).read_text()
+
+
+class JsonLines:
+    """The JSON lines a child process prints, read as they come."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = b""
+
+    async def next_of(self, kind: str) -> dict[str, Any]:
+        """The next object whose "event" is *kind* (the others are skipped, but parsed)."""
+        while True:
+            while b"\n" not in self._buffer:
+                chunk = await self._stream.receive_some(65536)
+                assert chunk, "the child process closed its output"
+                self._buffer += chunk
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            record = json.loads(line)
+            assert isinstance(record, dict)
+            assert isinstance(record["event"], str)
+            if record["event"] == kind:
+                return record
+
+
+def every_event() -> list[Event]:
+    peer = PeerInfo(uuid.UUID(int=1), "Bob", "127.0.0.1", 6969, 0.0)
+    message = Message(uuid.UUID(int=2), peer.id, "Bob", 1.5, Text("hi"))
+    transfer = Transfer(uuid.UUID(int=3), peer.id, "a.txt", 10, Direction.RECEIVE)
+    return [
+        PeerDiscovered(peer),
+        PeerLost(peer),
+        PeerConnected(peer),
+        PeerDisconnected(peer, "gone"),
+        MessageReceived(message),
+        DeliveryFailed(peer, (message,), "gone"),
+        FileOffered(transfer),
+        FileTransferStarted(transfer),
+        FileTransferProgress(transfer, 5, 10),
+        FileTransferCompleted(attrs.evolve(transfer, path=pathlib.Path("/tmp/a.txt"))),
+        FileTransferFailed(transfer, TransferError("no room")),
+        Error(RuntimeError("oops")),
+    ]
+
+
+@pytest.mark.parametrize("event", every_event(), ids=lambda e: type(e).__name__)
+def test_every_event_has_a_json_form_and_a_sentence(event: Event) -> None:
+    record = json.loads(event_to_line(event))
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in type(event).__name__)
+    assert record["event"] == snake.lstrip("_")
+    for field in attrs.fields(type(event)):
+        assert field.name in record
+    assert describe_event(event)
+
+
+def test_the_json_form_of_a_message_and_a_transfer() -> None:
+    events = every_event()
+    assert event_to_json(events[4])["message"] == {
+        "id": "00000000-0000-0000-0000-000000000002",
+        "sender_id": "00000000-0000-0000-0000-000000000001",
+        "sender_name": "Bob",
+        "timestamp": 1.5,
+        "text": "hi",
+    }
+    assert event_to_json(events[9])["transfer"] == {
+        "id": "00000000-0000-0000-0000-000000000003",
+        "peer_id": "00000000-0000-0000-0000-000000000001",
+        "filename": "a.txt",
+        "size": 10,
+        "direction": "receive",
+        "path": "/tmp/a.txt",
+        "offset": 0,
+    }
+    assert event_to_json(events[10])["error"] == "no room"

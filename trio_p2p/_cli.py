@@ -1,7 +1,8 @@
 """The command-line tool, ``python -m trio_p2p`` (public API only).
 
-For now it has the demo; the interactive menu and the scripting commands
-come next.
+It has the demo (here) and the scripting commands listen, send and peers
+(:mod:`trio_p2p._cli_script`, with the JSON form of events in
+:mod:`trio_p2p._cli_json`); the interactive menu comes next.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from . import (
     __version__,
     open_messenger,
 )
+from . import _cli_script as script
+from ._cli_script import add_common_options
 
 __all__ = ["main"]
 
@@ -190,6 +193,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "demo", help="two nodes on loopback discover each other, talk and send a file"
     )
+    listen = commands.add_parser("listen", help="run a node and print every event")
+    listen.add_argument("name", help="this node's name")
+    listen.add_argument("--json", action="store_true", help="one JSON object a line")
+    send = commands.add_parser("send", help="send a text or a file to a peer, then exit")
+    send.add_argument("name", help="this node's name")
+    send.add_argument("--to", required=True, metavar="PEER", help="peer name or id prefix")
+    what = send.add_mutually_exclusive_group(required=True)
+    what.add_argument("--text", help="a text message")
+    what.add_argument("--file", type=pathlib.Path, help="a file")
+    send.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds to find and reach the peer"
+    )
+    peers = commands.add_parser("peers", help="list the nodes that answer discovery")
+    peers.add_argument("--name", help="this node's name while it asks")
+    peers.add_argument("--timeout", type=float, default=2.0, help="seconds to listen")
+    peers.add_argument("--json", action="store_true", help="one JSON object a line")
+    for command in (listen, send, peers):
+        add_common_options(command)
     args = parser.parse_args(argv)
     if args.verbose:
         logging.basicConfig(
@@ -197,7 +218,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
+    run = {"demo": lambda _: run_demo(), "listen": script.listen, "send": script.send}
+    run["peers"] = script.peers
     try:
-        return trio.run(run_demo)
+        return trio.run(run[args.command], args)
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError) as exc:  # a port in use, a bad name or address...
+        print(f"trio_p2p: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,160 @@
+"""The scripting commands of ``python -m trio_p2p``: listen, send, peers.
+
+Each runs one messenger built from the command-line options, does its job and
+exits 0, or prints why not on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import uuid
+
+import trio
+
+from . import (
+    Config,
+    FileTransferProgress,
+    Messenger,
+    PeerDiscovered,
+    PeerInfo,
+    TransferError,
+    TrioP2PError,
+    open_messenger,
+)
+from ._cli_json import describe_event, event_to_line
+
+__all__ = ["add_common_options", "config_from", "listen", "peers", "send"]
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """The options every command that runs a node takes."""
+    parser.add_argument("--port", type=int, default=6969, help="TCP port (default 6969)")
+    parser.add_argument(
+        "--discovery-port", type=int, default=6968, help="UDP discovery port (default 6968)"
+    )
+    parser.add_argument(
+        "--broadcast",
+        action="append",
+        metavar="ADDR",
+        help="send beacons to ADDR only (repeatable; default: every interface's broadcast "
+        "address). Use 127.255.255.255 to stay on this machine",
+    )
+    parser.add_argument(
+        "--download-dir",
+        type=pathlib.Path,
+        help="where received files go (default ~/Downloads/trio_p2p)",
+    )
+    parser.add_argument(
+        "--no-auto-accept", action="store_true", help="do not accept file offers by themselves"
+    )
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    """The messenger settings the options ask for."""
+    settings: dict[str, object] = {
+        "tcp_port": args.port,
+        "discovery_port": args.discovery_port,
+        "auto_accept_files": not args.no_auto_accept,
+    }
+    if args.broadcast:
+        settings["broadcast_addresses"] = tuple(args.broadcast)
+    if args.download_dir is not None:
+        settings["download_dir"] = args.download_dir
+    return Config(**settings)  # type: ignore[arg-type]
+
+
+def _fail(message: str) -> int:
+    print(f"trio_p2p: {message}", file=sys.stderr)
+    return 1
+
+
+async def listen(args: argparse.Namespace) -> int:
+    """Print every event as it comes (one JSON object a line with ``--json``)."""
+    async with open_messenger(args.name, config_from(args)) as messenger:
+        if not args.json:
+            print(
+                f"{messenger.peer_name} ({messenger.peer_id}) listening on TCP port "
+                f"{messenger.tcp_port}",
+                flush=True,
+            )
+        async for event in messenger.events:
+            if args.json:
+                print(event_to_line(event), flush=True)
+            elif not isinstance(event, FileTransferProgress):
+                print(describe_event(event), flush=True)
+    return 0
+
+
+def _matches(peer: PeerInfo, wanted: str) -> bool:
+    return peer.name == wanted or str(peer.id).startswith(wanted.lower())
+
+
+async def find_peer(messenger: Messenger, wanted: str) -> PeerInfo | None:
+    """The peer named *wanted* (or whose id starts with it), asking discovery for it.
+
+    Waits until it answers (bound it with a cancel scope); None if the
+    messenger stops first.
+    """
+    for peer in await messenger.discover_peers():
+        if _matches(peer, wanted):
+            return peer
+    async for event in messenger.events:
+        if isinstance(event, PeerDiscovered) and _matches(event.peer, wanted):
+            return event.peer
+    return None
+
+
+async def send(args: argparse.Namespace) -> int:
+    """Find a peer, connect, send a text or a file, wait for it to arrive."""
+    async with open_messenger(args.name, config_from(args)) as messenger:
+        peer = None
+        with trio.move_on_after(args.timeout):
+            peer = await find_peer(messenger, args.to)
+        if peer is None:
+            return _fail(f"no peer {args.to!r} answered discovery within {args.timeout:g} s")
+        try:
+            with trio.fail_after(args.timeout):
+                await messenger.connect_to_peer(peer)
+            if args.text is not None:
+                message = await messenger.send_text_message(peer.id, args.text)
+                with trio.fail_after(args.timeout):
+                    await messenger.flush(peer.id)
+                print(f"sent to {peer.name}: message {message.id}, acknowledged")
+            else:
+                transfer = await messenger.send_file(peer.id, args.file)
+                print(
+                    f"sent {transfer.filename} ({transfer.size:,} bytes) to {peer.name}: "
+                    "verified and saved by the peer"
+                )
+        except trio.TooSlowError:
+            return _fail(f"{peer.name} did not answer within {args.timeout:g} s")
+        except TransferError as exc:
+            return _fail(f"the file was not sent: {exc.reason}")
+        except (TrioP2PError, OSError) as exc:
+            return _fail(str(exc))
+    return 0
+
+
+async def peers(args: argparse.Namespace) -> int:
+    """List the nodes that answer discovery within the timeout."""
+    name = args.name or f"peers-{uuid.uuid4().hex[:6]}"
+    found: dict[uuid.UUID, PeerInfo] = {}
+    async with open_messenger(name, config_from(args)) as messenger:
+        with trio.move_on_after(args.timeout):
+            for peer in await messenger.discover_peers():
+                found[peer.id] = peer
+            async for event in messenger.events:
+                if isinstance(event, PeerDiscovered):
+                    found[event.peer.id] = event.peer
+    for peer in sorted(found.values(), key=lambda p: (p.name, str(p.id))):
+        if args.json:
+            record = {"id": str(peer.id), "name": peer.name, "address": peer.address}
+            print(json.dumps({**record, "port": peer.port}, ensure_ascii=False))
+        else:
+            print(f"{peer.name}\t{peer.id}\t{peer.address}:{peer.port}")
+    if not args.json:
+        print(f"{len(found)} peers answered within {args.timeout:g} s", file=sys.stderr)
+    return 0
