@@ -185,7 +185,7 @@ def test_prefix_checked_as_soon_as_its_four_bytes_arrive() -> None:
         pytest.param(b"\x00\x00\x00\x03\xff\xff\xff", "CBOR", id="garbage"),
         pytest.param(
             b"\x00\x00\x00\x07" + cbor2.dumps({"t": "a", "q": 1}) + b"\x00",
-            "fill",
+            "fill|end of stream",
             id="trailing-bytes",
         ),
         pytest.param(frame_of({"t": "zz"}), "unknown frame tag", id="unknown-tag"),
@@ -446,3 +446,26 @@ def test_the_decoder_says_how_much_of_a_frame_is_missing() -> None:
     assert decoder.missing == len(frame) - 5
     assert decoder.feed(frame[5:]) == [Ack(7)]
     assert decoder.missing == 0
+
+
+@settings(max_examples=200)
+@given(st.lists(frames, min_size=1, max_size=8), st.data())
+def test_receiving_into_the_decoders_own_buffer_decodes_the_same(
+    batch: list[Frame], data: st.DataObject
+) -> None:
+    """What a recv_into-style reader does: ask for room, fill part of it, commit."""
+    stream = b"".join(encode_frame(f) for f in batch)
+    decoder = FrameDecoder(LIMIT)
+    got: list[Frame] = []
+    position = 0
+    while position < len(stream):
+        asked = data.draw(st.integers(1, 70_000), label="room asked")
+        room = decoder.receive_buffer(asked)
+        assert len(room) == asked
+        filled = min(asked, len(stream) - position, data.draw(st.integers(1, asked)))
+        room[:filled] = stream[position : position + filled]
+        room.release()
+        position += filled
+        got.extend(decoder.commit(filled))
+    assert got == batch
+    assert decoder.buffered == 0

@@ -73,6 +73,8 @@ MAX_REASON_CHARS = 1024
 MAX_FILE_NAME_BYTES = 4096
 #: Size of a BLAKE3 digest in a :class:`FileEnd`.
 DIGEST_SIZE = 32
+#: Size of a decoder's buffer while frames are small (it grows for large ones).
+_SMALL_BUFFER = 64 * 1024
 #: Deepest nesting of CBOR containers accepted (our frames need 2).
 _MAX_DEPTH = 4
 _HEADER = struct.Struct(">I")
@@ -466,7 +468,9 @@ class FrameDecoder:
 
     def __init__(self, max_frame_size: int) -> None:
         self.max_frame_size = max_frame_size
-        self._buffer = bytearray()
+        #: received bytes are buffer[:_length]; the rest is room for more
+        self._buffer = bytearray(_SMALL_BUFFER)
+        self._length = 0
         self._senders: dict[bytes, uuid.UUID] = {}
 
     def expect_sender(self, node_id: uuid.UUID) -> None:
@@ -476,16 +480,40 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._buffer)
+        return self._length
 
     @property
     def missing(self) -> int:
         """Bytes still to come before the frame in progress is complete (0 if unknown)."""
-        buffer = self._buffer
-        if len(buffer) < 4:
+        if self._length < 4:
             return 0
-        (size,) = _HEADER.unpack_from(buffer)
-        return 4 + int(size) - len(buffer)
+        (size,) = _HEADER.unpack_from(self._buffer)
+        return 4 + int(size) - self._length
+
+    def receive_buffer(self, size: int) -> memoryview:
+        """Room for the next *size* bytes received: fill it, then call :meth:`commit`.
+
+        For ``recv_into``-style receiving without an intermediate copy. The
+        buffer is reused from one receive to the next.
+        """
+        needed = self._length + size
+        if len(self._buffer) < needed:
+            grown = bytearray(max(needed, 2 * len(self._buffer)))
+            grown[: self._length] = memoryview(self._buffer)[: self._length]
+            self._buffer = grown
+        return memoryview(self._buffer)[self._length : needed]
+
+    def commit(self, count: int) -> list[Frame]:
+        """*count* bytes were written at the start of the last :meth:`receive_buffer`.
+
+        Returns:
+            Every frame they complete, in order.
+
+        Raises:
+            ProtocolError: for an oversized length prefix or an invalid frame.
+        """
+        self._length += count
+        return self._parse()
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add *data* and return every frame it completes, in order.
@@ -493,11 +521,16 @@ class FrameDecoder:
         Raises:
             ProtocolError: for an oversized length prefix or an invalid frame.
         """
+        size = len(data)
+        with self.receive_buffer(size) as room:
+            room[:] = data
+        return self.commit(size)
+
+    def _parse(self) -> list[Frame]:
         buffer = self._buffer
-        buffer += data
+        available = self._length
         bounds: list[tuple[int, int]] = []
         position = 0
-        available = len(buffer)
         unpack = _HEADER.unpack_from
         limit = self.max_frame_size
         while available - position >= 4:
@@ -524,7 +557,8 @@ class FrameDecoder:
                     frames.append(chunk)
                     continue
             if stream is None or decoder is None:
-                stream = io.BytesIO(buffer)
+                with memoryview(buffer) as view, view[:position] as batch:
+                    stream = io.BytesIO(batch)
                 decoder = cbor2.CBORDecoder(stream, **_DECODE_OPTIONS)
             stream.seek(start)
             try:
@@ -534,7 +568,14 @@ class FrameDecoder:
             if stream.tell() != end:
                 raise ProtocolError("the CBOR item does not fill its frame exactly")
             frames.append(_structure_frame(item, self._senders))
-        del buffer[:position]
+        rest = available - position
+        if rest:
+            buffer[:rest] = buffer[position:available]
+        elif len(buffer) > _SMALL_BUFFER and bounds[-1][1] - bounds[-1][0] < _SMALL_BUFFER:
+            # Empty after small frames: give back the room a large frame needed
+            # (it stays while large frames keep coming, as in a file transfer).
+            self._buffer = bytearray(_SMALL_BUFFER)
+        self._length = rest
         return frames
 
 

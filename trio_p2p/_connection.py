@@ -55,6 +55,7 @@ __all__ = [
     "FileHandler",
     "LocalNode",
     "PeerConnection",
+    "ReceiveInto",
     "WriteNowait",
     "receive_hello",
     "send_frame",
@@ -65,6 +66,8 @@ bad_input = RateLimitedWarnings(logger)
 
 #: Writes what it can of its argument now and returns how many bytes it wrote.
 WriteNowait = Callable[[bytearray], int]
+#: Receives into its argument and returns how many bytes it wrote there.
+ReceiveInto = Callable[[memoryview], Awaitable[int]]
 
 _FILE_FRAMES = (
     FileOffer,
@@ -214,6 +217,10 @@ class PeerConnection:
             :exc:`BlockingIOError` if none). When given, :meth:`send` writes
             directly while the writer task is idle: one task switch less per
             message on an idle connection.
+        receive_into: receives from the same stream into the given buffer and
+            returns how many bytes it wrote there (0 at the end of the stream).
+            When given, the reader receives straight into the frame decoder's
+            buffer, which is reused, instead of into a new bytes object each time.
     """
 
     def __init__(
@@ -231,9 +238,11 @@ class PeerConnection:
         heartbeat_interval: float,
         heartbeat_timeout: float,
         write_nowait: WriteNowait | None = None,
+        receive_into: ReceiveInto | None = None,
     ) -> None:
         self.stream = stream
         self._write_nowait = write_nowait
+        self._receive_into = receive_into
         #: True while the writer task is inside ``send_all``
         self._writer_busy = False
         self.local = local
@@ -607,19 +616,25 @@ class PeerConnection:
         stream = self.stream
         decoder = self._decoder
         session = self.session
+        receive_into = self._receive_into
         while True:
             # Ask for the rest of a large frame in one receive (a file chunk).
-            data = await stream.receive_some(
-                min(max(RECEIVE_SIZE, decoder.missing), MAX_RECEIVE_SIZE)
-            )
-            if not data:
+            size = min(max(RECEIVE_SIZE, decoder.missing), MAX_RECEIVE_SIZE)
+            if receive_into is not None:
+                with decoder.receive_buffer(size) as room:
+                    count = await receive_into(room)
+            else:
+                data = await stream.receive_some(size)
+                count = len(data)
+            if not count:
                 detail = " in the middle of a frame" if decoder.buffered else ""
                 raise _Ended(f"the peer closed the connection{detail}")
             self._last_received = trio.current_time()
-            self.bytes_received += len(data)
+            self.bytes_received += count
             if self._arrival_lot:
                 self._arrival_lot.unpark_all()
-            for frame in decoder.feed(data):
+            frames = decoder.commit(count) if receive_into is not None else decoder.feed(data)
+            for frame in frames:
                 await self._handle(frame)
             if session.last_received > session.last_ack_sent:
                 self._want_ack()

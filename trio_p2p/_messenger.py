@@ -751,6 +751,8 @@ class Messenger:
             # wake-up of the writer task): os.write on the socket is a send()
             # without flags. Only while the connection is open, so the fd is ours.
             write_nowait=functools.partial(os.write, stream.socket.fileno()),
+            # and the reader receives straight into its decoder's (reused) buffer
+            receive_into=stream.socket.recv_into,
         )
         conn.files = self._files
         self._connections[hello.node_id] = conn
