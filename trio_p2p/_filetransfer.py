@@ -149,6 +149,8 @@ class _Receiving:
     keep: bool = True
     #: bytes of free space promised to this transfer
     reserved: int = 0
+    #: its progress events, once it is under way
+    progress: _Progress | None = None
 
 
 @attrs.define(eq=False)
@@ -221,7 +223,7 @@ class FileService:
             ValueError: no transfer with that id is in progress here.
         """
         incoming = self._incoming.get(transfer_id)
-        if incoming is not None:
+        if incoming is not None and not incoming.transfer.done:
             if not incoming.answered.is_set():
                 self.answer(transfer_id, False, reason)
                 return
@@ -491,6 +493,14 @@ class FileService:
             self._counters["transfers_failed"] += 1
             logger.info("receiving %s from %s failed: %s", transfer.name, conn.peer.name, failure)
             await self._send_event(FileTransferFailed(incoming.record, failure))
+            return
+        # Saved and verified (reported here, out of reach of a late cancel).
+        record = incoming.record
+        self._counters["transfers_completed"] += 1
+        logger.info("received %s from %s as %s", transfer.name, conn.peer.name, record.path)
+        if work.progress is not None and (final := work.progress.final()) is not None:
+            await self._send_event(final)
+        await self._send_event(FileTransferCompleted(record))
 
     async def _run_receive(self, incoming: _Incoming, work: _Receiving) -> TransferError | None:
         """Receive the file; return why it failed, or None once it is saved."""
@@ -504,6 +514,8 @@ class FileService:
             except PeerNotConnectedError as exc:
                 return TransferError(f"the connection ended: {exc}")
         # the scope was cancelled: the peer cancelled, or the connection ended
+        if transfer.phase is Phase.VERIFIED:  # ...once the file was saved: it stands
+            return None
         return TransferError(transfer.failure or f"the connection ended: {conn.reason or 'closed'}")
 
     async def _accept_and_receive(
@@ -554,7 +566,7 @@ class FileService:
         conn.send_frame_nowait(transfer.accept(partial.offset))
         record = incoming.record = attrs.evolve(incoming.record, offset=partial.offset)
         await self._send_event(FileTransferStarted(record))
-        progress = _Progress(self._offer_event, record)
+        progress = work.progress = _Progress(self._offer_event, record)
         written = partial.offset
         idle = self.config.transfer_idle_timeout
         while True:
@@ -613,13 +625,7 @@ class FileService:
                 if not verdict.verified:
                     work.keep = False  # corrupt or unsavable: start over next time
                     return TransferError(verdict.reason)
-            final = progress.final()
-            if final is not None:
-                await self._send_event(final)
-            await self._send_event(FileTransferCompleted(record))
-            self._counters["transfers_completed"] += 1
-            logger.info("received %s from %s as %s", transfer.name, conn.peer.name, record.path)
-            return None
+            return None  # saved: _receive reports it
 
     def _prepare(
         self,
