@@ -20,7 +20,13 @@ import pytest
 import trio
 
 import trio_p2p._filetransfer as filetransfer
-from trio_p2p import FileTransferFailed, Messenger, TransferError, open_messenger
+from trio_p2p import (
+    FileTransferFailed,
+    Messenger,
+    PeerDisconnected,
+    TransferError,
+    open_messenger,
+)
 from trio_p2p._codec import FrameDecoder, encode_frame
 from trio_p2p._connection import QUEUE_LIMIT
 from trio_p2p._log import RateLimitedWarnings
@@ -191,15 +197,20 @@ async def test_offers_from_a_peer_that_reads_nothing_cannot_grow_the_queue(
     make_config: ConfigFactory, tmp_path: pathlib.Path
 ) -> None:
     with trio.fail_after(30):
-        config = make_config(download_dir=tmp_path, max_incoming_transfers=1)
+        config = make_config(
+            download_dir=tmp_path, max_incoming_transfers=1, transfer_idle_timeout=2
+        )
         async with open_messenger("Bob", config) as bob, raw_peer(bob) as peer:
             await peer.send(offer("holds-the-only-place", 10))
             flood = b"".join(encode_frame(offer("x", 1)) for _ in range(2000))
-            with trio.move_on_after(3):  # Bob stops reading once his answers pile up
+            with trio.move_on_after(1):  # Bob stops reading once his answers pile up
                 for _ in range(100):
                     await peer.stream.send_all(flood)
             conn = bob._connections[peer.node_id]
             assert len(conn._outgoing) < QUEUE_LIMIT + 1024
+            # and a peer that reads none of them for transfer_idle_timeout is dropped
+            gone = await wait_for(bob, PeerDisconnected)
+            assert "the peer read none of its refusals for 2 s" in gone.reason
 
 
 async def test_concurrent_offers_share_the_free_space(

@@ -34,7 +34,7 @@ import trio
 
 from ._config import CHUNK_OVERHEAD, Config
 from ._connection import PeerConnection
-from ._errors import PeerNotConnectedError, TransferError
+from ._errors import PeerNotConnectedError, ProtocolError, TransferError
 from ._events import (
     Direction,
     Event,
@@ -420,9 +420,13 @@ class FileService:
         refusal = self._refusal(conn, transfer)
         if refusal:
             refused.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
-            # Awaited: a peer that offers without reading the answers is held back.
-            with contextlib.suppress(PeerNotConnectedError):
+            # Awaited: a peer that offers without reading the answers is held back,
+            # and one that reads nothing for long is a peer to drop.
+            idle = self.config.transfer_idle_timeout
+            with contextlib.suppress(PeerNotConnectedError), trio.move_on_after(idle) as scope:
                 await conn.send_frame(transfer.reject(refusal))
+            if scope.cancelled_caught:
+                raise ProtocolError(f"the peer read none of its refusals for {idle:g} s")
             conn.transfers.end(transfer.id)
             self._counters["transfers_failed"] += 1
             await self._send_event(FileTransferFailed(record, TransferError(f"refused: {refusal}")))
