@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import pathlib
+import pty
 import subprocess
 import sys
 import uuid
@@ -60,6 +63,7 @@ async def test_demo_exits_zero_and_names_both_peers_and_the_messages() -> None:
     assert "Bob received 10000, all in order" in out
     assert "Alice sent the file 'holiday-video.bin'" in out
     assert "Bob verified it and saved it as holiday-video.bin: identical" in out
+    assert "Bob receives" not in out  # no progress bar: stdout is not a terminal
     assert out.rstrip().endswith("OK")
     # it stays on loopback
     assert "127.255.255.255" in out
@@ -223,3 +227,37 @@ def test_the_json_form_of_a_message_and_a_transfer() -> None:
         "offset": 0,
     }
     assert event_to_json(events[10])["error"] == "no room"
+
+
+async def test_the_demo_draws_a_progress_bar_on_a_terminal() -> None:
+    parent, child = pty.openpty()
+    output = b""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            screen = trio.lowlevel.FdStream(parent)
+
+            async def read_screen() -> None:
+                nonlocal output
+                with contextlib.suppress(OSError, trio.BrokenResourceError):
+                    while chunk := await screen.receive_some(65536):
+                        output += chunk
+
+            done = trio.Event()
+
+            async def read_screen_until_the_summary() -> None:
+                await read_screen()
+                done.set()
+
+            nursery.start_soon(read_screen_until_the_summary)
+            result = await trio.run_process(
+                [sys.executable, "-m", "trio_p2p", "demo"], stdout=child, check=False
+            )
+            os.close(child)  # the reader then sees the end of the screen's output
+            with trio.move_on_after(2):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+    assert result.returncode == 0
+    text = output.decode(errors="replace")
+    assert "Bob receives holiday-video.bin" in text  # the bar's title
+    assert "MB" in text  # its byte counts
+    assert "identical" in text

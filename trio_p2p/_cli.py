@@ -8,6 +8,7 @@ It has the demo (here) and the scripting commands listen, send and peers
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import logging
 import os
@@ -16,13 +17,16 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import rich.console
+import rich.progress
 import trio
 
 from . import (
     Config,
     FileTransferCompleted,
+    FileTransferProgress,
     MessageReceived,
     Messenger,
     PeerConnected,
@@ -151,14 +155,24 @@ async def _demo(burst: int, file_mib: int, folder: pathlib.Path) -> int:
         # a file, verified end to end
         source = folder / "holiday-video.bin"
         source.write_bytes(os.urandom(file_mib * 1024 * 1024))
+        size = file_mib * 1024 * 1024
+        saved: pathlib.Path | None = None
         t0 = time.perf_counter()
-        sent = await alice.send_file(bob.peer_id, source)
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:  # Bob's side, with a progress bar on a terminal
+                nonlocal saved
+                with progress_bar(f"Bob receives {source.name}", size) as advance:
+                    async for bob_event in bob.events:
+                        if isinstance(bob_event, FileTransferProgress):
+                            advance(bob_event.bytes_transferred)
+                        elif isinstance(bob_event, FileTransferCompleted):
+                            saved = bob_event.transfer.path
+                            return
+
+            nursery.start_soon(watch)
+            sent = await alice.send_file(bob.peer_id, source)
         elapsed = time.perf_counter() - t0
-        saved = None
-        async for bob_event in bob.events:
-            if isinstance(bob_event, FileTransferCompleted):
-                saved = bob_event.transfer.path
-                break
         same = saved is not None and _digest(saved) == _digest(source)
         print(
             f"Alice sent the file {sent.filename!r} ({sent.size:,} bytes) in {elapsed:.2f} s "
@@ -172,6 +186,30 @@ async def _demo(burst: int, file_mib: int, folder: pathlib.Path) -> int:
         f"{'OK' if ok else 'FAILED'}"
     )
     return 0 if ok else 1
+
+
+@contextlib.contextmanager
+def progress_bar(title: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A live progress bar (bytes, rate, time left) while the block runs.
+
+    Yields the function that sets how much is done. On a terminal it is drawn
+    with rich; otherwise nothing is shown (plain output for pipes and files).
+    """
+    console = rich.console.Console()
+    if not console.is_terminal:
+        yield lambda done: None
+        return
+    columns = (
+        rich.progress.TextColumn("{task.description}"),
+        rich.progress.BarColumn(),
+        rich.progress.DownloadColumn(),
+        rich.progress.TransferSpeedColumn(),
+        rich.progress.TimeRemainingColumn(),
+    )
+    with rich.progress.Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(title, total=total)
+        yield lambda done: progress.update(task, completed=done)
+        progress.update(task, completed=total)
 
 
 def _digest(path: pathlib.Path) -> str:
