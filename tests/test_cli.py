@@ -138,6 +138,9 @@ async def test_listen_json_and_send_text_and_file(tmp_path: pathlib.Path) -> Non
             assert listed.returncode == 0
             names = [json.loads(line)["name"] for line in listed.stdout.decode().splitlines()]
             assert "Bob" in names
+            plain = await run_tool("peers", "--timeout", "1", *options)  # not a terminal
+            rows = [line.split("\t") for line in plain.stdout.decode().splitlines()]
+            assert any(row[0] == "Bob" and row[2].startswith("127.0.0.1:") for row in rows)
             listener.terminate()
 
 

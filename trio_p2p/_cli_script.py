@@ -12,6 +12,8 @@ import pathlib
 import sys
 import uuid
 
+import rich.console
+import rich.table
 import trio
 
 from . import (
@@ -149,11 +151,19 @@ async def peers(args: argparse.Namespace) -> int:
             async for event in messenger.events:
                 if isinstance(event, PeerDiscovered):
                     found[event.peer.id] = event.peer
-    for peer in sorted(found.values(), key=lambda p: (p.name, str(p.id))):
-        if args.json:
+    listed = sorted(found.values(), key=lambda p: (p.name, str(p.id)))
+    console = rich.console.Console()
+    if args.json:
+        for peer in listed:
             record = {"id": str(peer.id), "name": peer.name, "address": peer.address}
             print(json.dumps({**record, "port": peer.port}, ensure_ascii=False))
-        else:
+    elif console.is_terminal:
+        table = rich.table.Table("#", "name", "id", "address")
+        for number, peer in enumerate(listed, 1):
+            table.add_row(str(number), peer.name, str(peer.id), f"{peer.address}:{peer.port}")
+        console.print(table)
+    else:  # plain lines for scripts: name, id, address, tab-separated
+        for peer in listed:
             print(f"{peer.name}\t{peer.id}\t{peer.address}:{peer.port}")
     if not args.json:
         print(f"{len(found)} peers answered within {args.timeout:g} s", file=sys.stderr)
