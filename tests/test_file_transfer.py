@@ -605,17 +605,18 @@ async def test_progress_is_throttled_by_time_and_by_bytes(
         seen.append(event.bytes_transferred)
         return True
 
-    progress = filetransfer._Progress(emit, record)
-    progress.update(10)  # not 1 MiB yet
-    progress.update(2 * 1024 * 1024)  # the first one
-    mock_clock.jump(1)
-    progress.update(2 * 1024 * 1024 + 30)  # late enough, but not 1 MiB more
-    progress.update(4 * 1024 * 1024)
-    progress.update(6 * 1024 * 1024)  # 2 MiB more, but too soon
-    mock_clock.jump(0.1)
-    progress.update(6 * 1024 * 1024)
-    final = progress.final()
-    assert final is not None
-    assert (final.bytes_transferred, final.total_bytes) == (size, size)
-    assert seen == [2 * 1024 * 1024, 4 * 1024 * 1024, 6 * 1024 * 1024]
-    assert progress.final() is None  # 100% once
+    with trio.fail_after(10):
+        progress = filetransfer._Progress(emit, record)
+        progress.update(10)  # not 1 MiB yet
+        progress.update(2 * 1024 * 1024)  # the first one
+        mock_clock.jump(1)
+        progress.update(2 * 1024 * 1024 + 30)  # late enough, but not 1 MiB more
+        progress.update(4 * 1024 * 1024)
+        progress.update(6 * 1024 * 1024)  # 2 MiB more, but too soon
+        mock_clock.jump(0.1)
+        progress.update(6 * 1024 * 1024)
+        final = progress.final()
+        assert final is not None
+        assert (final.bytes_transferred, final.total_bytes) == (size, size)
+        assert seen == [2 * 1024 * 1024, 4 * 1024 * 1024, 6 * 1024 * 1024]
+        assert progress.final() is None  # 100% once
