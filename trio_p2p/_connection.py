@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -30,15 +31,8 @@ from ._messages import (
     Ack,
     Content,
     Data,
-    FileAccept,
-    FileCancel,
     FileChunk,
-    FileConfirm,
-    FileEnd,
     FileFrame,
-    FileOffer,
-    FileReject,
-    FileVerdict,
     Frame,
     Goodbye,
     GoodbyeCode,
@@ -69,16 +63,8 @@ WriteNowait = Callable[[bytearray], int]
 #: Receives into its argument and returns how many bytes it wrote there.
 ReceiveInto = Callable[[memoryview], Awaitable[int]]
 
-_FILE_FRAMES = (
-    FileOffer,
-    FileAccept,
-    FileReject,
-    FileChunk,
-    FileConfirm,
-    FileEnd,
-    FileVerdict,
-    FileCancel,
-)
+#: The classes of FileFrame, for isinstance.
+_FILE_FRAMES = typing.get_args(FileFrame)
 
 
 class FileHandler(Protocol):

@@ -451,8 +451,9 @@ class FileService:
         open_here = sum(1 for i in self._incoming.values() if i.conn is conn)
         if open_here >= limit:
             return f"too many transfers at once (at most {limit})"
-        if len(self._incoming) >= TOTAL_INCOMING_FACTOR * limit:
-            return f"too many transfers from all peers at once (at most {4 * limit})"
+        total = TOTAL_INCOMING_FACTOR * limit
+        if len(self._incoming) >= total:
+            return f"too many transfers from all peers at once (at most {total})"
         return ""
 
     def _finish_refused(

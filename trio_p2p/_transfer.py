@@ -316,18 +316,13 @@ class Transfers:
     """The transfers on one connection, both ways.
 
     Every offer is taken into the table; how many may be open at once is the
-    caller's policy (see :attr:`incoming_open`), which refuses the rest.
+    caller's policy, which refuses the rest.
     """
 
     def __init__(self) -> None:
         self.outgoing: dict[uuid.UUID, OutgoingTransfer] = {}
         self.incoming: dict[uuid.UUID, IncomingTransfer] = {}
         self._ended: collections.OrderedDict[uuid.UUID, None] = collections.OrderedDict()
-
-    @property
-    def incoming_open(self) -> int:
-        """Incoming transfers not yet ended."""
-        return len(self.incoming)
 
     def add(self, transfer: OutgoingTransfer) -> FileOffer:
         """Register a transfer this node offers; its offer frame."""
