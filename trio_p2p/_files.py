@@ -74,18 +74,28 @@ def _clean(text: str) -> str:
     return "".join(kept)
 
 
+def _split(name: str, longest: int | None = None) -> tuple[str, str]:
+    """(stem, extension with its dot) of *name*.
+
+    No extension if there is none, or if it is longer than *longest* characters.
+    """
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or (longest is not None and len(extension) > longest):
+        return name, ""
+    return stem, "." + extension
+
+
+def _cut(text: str, room: int) -> str:
+    """*text* cut to at most *room* UTF-8 bytes, on a character boundary."""
+    return text.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(" .")
+
+
 def _shorten(name: str, limit: int) -> str:
     """Cut *name* to at most *limit* UTF-8 bytes, keeping a short extension."""
     if len(name.encode("utf-8")) <= limit:
         return name
-    stem, dot, extension = name.rpartition(".")
-    if not dot or not stem or len(extension) > _MAX_EXTENSION_CHARS:
-        stem, extension = name, ""
-    else:
-        extension = "." + extension
-    room = limit - len(extension.encode("utf-8"))
-    cut = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(" .")
-    return (cut or _FALLBACK) + extension
+    stem, extension = _split(name, _MAX_EXTENSION_CHARS)
+    return (_cut(stem, limit - len(extension.encode("utf-8"))) or _FALLBACK) + extension
 
 
 def safe_filename(offered: str) -> str:
@@ -119,17 +129,12 @@ def unique_path(folder: pathlib.Path, name: str) -> pathlib.Path:
     candidate = folder / name
     if not os.path.lexists(candidate):  # (a dangling link is taken too)
         return candidate
-    stem, dot, extension = name.rpartition(".")
-    if not dot or not stem:
-        stem, extension = name, ""
-    else:
-        extension = "." + extension
+    stem, extension = _split(name)
     number = 1
     while True:
         suffix = f" ({number})"
-        room = MAX_NAME_BYTES - len(extension.encode("utf-8")) - len(suffix)
-        base = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip(" .") or _FALLBACK
-        candidate = folder / f"{base}{suffix}{extension}"
+        base = _cut(stem, MAX_NAME_BYTES - len(extension.encode("utf-8")) - len(suffix))
+        candidate = folder / f"{base or _FALLBACK}{suffix}{extension}"
         if not os.path.lexists(candidate):
             return candidate
         number += 1
