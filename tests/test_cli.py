@@ -73,9 +73,9 @@ async def test_version_and_usage_errors() -> None:
     result = await run_tool("--version")
     assert result.returncode == 0
     assert result.stdout.decode().startswith("trio_p2p ")
-    result = await run_tool("no-such-command")
+    result = await run_tool("--no-such-option")
     assert result.returncode == 2
-    assert b"invalid choice" in result.stderr
+    assert b"unrecognized arguments: --no-such-option" in result.stderr
 
 
 def loopback_options(discovery_port: int) -> list[str]:

@@ -1,8 +1,9 @@
 """The command-line tool, ``python -m trio_p2p`` (public API only).
 
-It has the demo (here) and the scripting commands listen, send and peers
-(:mod:`trio_p2p._cli_script`, with the JSON form of events in
-:mod:`trio_p2p._cli_json`); the interactive menu comes next.
+It has the demo and the argument parsing (here), the interactive menu
+(:mod:`trio_p2p._cli_menu`, drawn by :mod:`trio_p2p._cli_term`) and the
+scripting commands listen, send and peers (:mod:`trio_p2p._cli_script`, with
+the JSON form of events in :mod:`trio_p2p._cli_json`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import rich.console
 import rich.progress
@@ -36,6 +37,7 @@ from . import (
     open_messenger,
 )
 from . import _cli_script as script
+from ._cli_menu import menu
 from ._cli_script import add_common_options
 
 __all__ = ["main"]
@@ -217,16 +219,53 @@ def _digest(path: pathlib.Path) -> str:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m trio_p2p``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m trio_p2p",
-        description="Peer-to-peer messaging on a local network, built on Trio.",
-    )
+#: The scripting commands; any other first word is the menu's NAME.
+COMMANDS = ("demo", "listen", "send", "peers")
+_TAKE_VALUES = ("--port", "--discovery-port", "--broadcast", "--download-dir")
+
+
+def _first_word(argv: Sequence[str]) -> str | None:
+    """The first argument that is neither an option nor an option's value."""
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            return next(words, None)
+        if word in _TAKE_VALUES:
+            next(words, None)
+        elif not word.startswith("-") or word == "-":
+            return word
+    return None
+
+
+def _add_general_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", action="version", version=f"trio_p2p {__version__}")
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="log to stderr (-v: info, -vv: debug)"
     )
+
+
+def _menu_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_p2p",
+        usage="%(prog)s [options] [NAME]\n       %(prog)s {demo,listen,send,peers} ...",
+        description="Peer-to-peer messaging on a local network, built on Trio. Without a "
+        "command: the interactive menu, as NAME (asked for when not given).",
+        epilog="commands: demo (two nodes on loopback talk and send a file), listen (print "
+        "every event), send (send a text or a file, then exit), peers (list who answers "
+        "discovery). Each has --help.",
+    )
+    _add_general_options(parser)
+    parser.add_argument("name", nargs="?", metavar="NAME", help="this node's name")
+    add_common_options(parser)
+    return parser
+
+
+def _command_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trio_p2p",
+        description="Peer-to-peer messaging on a local network, built on Trio.",
+    )
+    _add_general_options(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser(
         "demo", help="two nodes on loopback discover each other, talk and send a file"
@@ -249,15 +288,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     peers.add_argument("--json", action="store_true", help="one JSON object a line")
     for command in (listen, send, peers):
         add_common_options(command)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m trio_p2p``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if _first_word(argv) in COMMANDS:
+        args = _command_parser().parse_args(argv)
+    else:
+        args = _menu_parser().parse_args(argv)
+        args.command = "menu"
     if args.verbose:
         logging.basicConfig(
             level=logging.DEBUG if args.verbose > 1 else logging.INFO,
             stream=sys.stderr,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
         )
-    run = {"demo": lambda _: run_demo(), "listen": script.listen, "send": script.send}
-    run["peers"] = script.peers
+    run: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+        "demo": lambda _: run_demo(),
+        "listen": script.listen,
+        "send": script.send,
+        "peers": script.peers,
+        "menu": menu,
+    }
     try:
         return trio.run(run[args.command], args)
     except KeyboardInterrupt:
