@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import uuid
@@ -241,7 +241,9 @@ async def test_every_menu_command_between_two_processes(tmp_path: pathlib.Path) 
     def scenario() -> None:
         with nodes(tmp_path) as start:
             # a third node that only listens, to see the others leave
-            watcher = start("carol", ["listen", "carol", "--json", *menu_args(port, tmp_path)])
+            watcher = start(
+                "carol", ["-v", "listen", "carol", "--json", *menu_args(port, tmp_path)]
+            )
             alice = start("alice", [*menu_args(port, tmp_path / "alice"), "alice"])
             bob = start("bob", [*menu_args(port, tmp_path / "bob"), "bob"])
             watcher.expect('"event": "peer_discovered"')
@@ -328,13 +330,14 @@ async def test_every_menu_command_between_two_processes(tmp_path: pathlib.Path) 
             alice.line("q")
             alice.expect("alice left the network")
             assert alice.exit_status() == 0
-            lost: set[str] = set()
-            while len(lost) < 2:
-                watcher.expect('"event": "peer_lost"')
-                rest = watcher.child.readline()
-                event = json.loads('{"event": "peer_lost"' + rest)
-                lost.add(event["peer"]["name"])
-            assert lost == {"alice", "bob"}
+            # both left with a goodbye beacon, not by falling silent
+            gone: set[str] = set()
+            for _ in range(2):
+                watcher.child.expect(r"peer (\w+) \([0-9a-f-]+\) said goodbye")
+                match = watcher.child.match
+                assert isinstance(match, re.Match)
+                gone.add(match.group(1))
+            assert gone == {"alice", "bob"}
 
     await in_thread(scenario, 150)
 
@@ -346,7 +349,8 @@ async def test_offers_are_asked_about_without_auto_accept(tmp_path: pathlib.Path
 
     def scenario() -> None:
         with nodes(tmp_path) as start:
-            alice = start("alice", [*menu_args(port, tmp_path / "alice"), "alice"])
+            # alice logs (-v): the records are printed above her prompt
+            alice = start("alice", ["-v", *menu_args(port, tmp_path / "alice"), "alice"])
             bob = start("bob", [*menu_args(port, tmp_path / "bob", "--no-auto-accept"), "bob"])
             alice.expect("alice> ")
             bob.expect("bob> ")
@@ -378,7 +382,9 @@ async def test_offers_are_asked_about_without_auto_accept(tmp_path: pathlib.Path
             bob.child.sendeof()
             bob.expect("bob left the network")
             assert bob.exit_status() == 0
-            alice.expect("* lost bob")
+            alice.saw("trio_p2p.discovery INFO peer bob (")
+            alice.saw(") said goodbye\r\nalice> ")
+            alice.saw("* lost bob")
             alice.line("0")
             assert alice.exit_status() == 0
 
