@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pathlib
 import re
@@ -17,10 +18,13 @@ from typing import TextIO
 import pexpect
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 
-from trio_p2p import PeerInfo
+from trio_p2p import Direction, FileOffered, Message, MessageReceived, PeerInfo, Text, Transfer
 from trio_p2p._cli import _first_word
-from trio_p2p._cli_menu import choose_peer
+from trio_p2p._cli_json import describe_event, event_to_json, event_to_line, printable
+from trio_p2p._cli_menu import _Bar, choose_peer
 from trio_p2p._cli_term import Terminal
 
 from .conftest import free_udp_port
@@ -57,6 +61,48 @@ def test_the_first_word_decides_between_a_command_and_the_menu() -> None:
     assert _first_word(["--port=0", "peers"]) == "peers"
     assert _first_word(["-vv"]) is None
     assert _first_word(["--", "listen"]) == "listen"
+
+
+# ------------------------------------------------------------ what peers send, on a terminal
+
+
+@given(st.text())
+def test_printable_leaves_nothing_a_terminal_acts_on(text: str) -> None:
+    shown = printable(text)
+    assert shown.isprintable()
+    if text.isprintable():
+        assert shown == text
+
+
+@given(st.text(), st.text())
+def test_json_lines_are_printable_and_decode_to_what_was_sent(text: str, name: str) -> None:
+    sent = Message(uuid.uuid4(), uuid.uuid4(), "mallory", 0.0, Text(text))
+    transfer = Transfer(uuid.uuid4(), uuid.uuid4(), name or "x", 1, Direction.RECEIVE)
+    for event in (MessageReceived(sent), FileOffered(transfer)):
+        line = event_to_line(event)
+        assert line.isprintable()
+        assert json.loads(line) == event_to_json(event)
+
+
+def test_printable_escapes_controls_line_breaks_and_bidi_overrides() -> None:
+    assert printable("héllo 日本 [b]") == "héllo 日本 [b]"
+    assert printable("\x1b[2J\nnext\x9b\u202egnp.exe\U000e0001") == (
+        "\\x1b[2J\\nnext\\x9b\\u202egnp.exe\\U000e0001"
+    )
+
+
+def test_hostile_texts_and_file_names_are_shown_inert() -> None:
+    hostile = "[red]x[/red]\x1b]0;owned\x07\nfake line"
+    sent = Message(uuid.uuid4(), uuid.uuid4(), "mallory", 0.0, Text(hostile))
+    sentence = describe_event(MessageReceived(sent))
+    assert sentence == "mallory: [red]x[/red]\\x1b]0;owned\\x07\\nfake line"
+    terminal, _ = screen_terminal()
+    transfer = Transfer(uuid.uuid4(), uuid.uuid4(), hostile, 10, Direction.RECEIVE)
+    line = _Bar(transfer, "mallory").line(terminal)
+    assert "[red]x[/red]" in line  # not taken as markup
+    assert "\x07" not in line
+    assert "\n" not in line
+    assert "\x1b]" not in line  # colour codes (ESC [) are ours; ESC ] is not
 
 
 # ------------------------------------------------------------ the terminal

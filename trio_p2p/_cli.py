@@ -37,7 +37,7 @@ from . import (
     open_messenger,
 )
 from . import _cli_script as script
-from ._cli_menu import menu
+from ._cli_menu import PrintableFormatter, menu
 from ._cli_script import add_common_options
 
 __all__ = ["main"]
@@ -300,10 +300,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _menu_parser().parse_args(argv)
         args.command = "menu"
     if args.verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(PrintableFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         logging.basicConfig(
-            level=logging.DEBUG if args.verbose > 1 else logging.INFO,
-            stream=sys.stderr,
-            format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            level=logging.DEBUG if args.verbose > 1 else logging.INFO, handlers=[handler]
         )
     run: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
         "demo": lambda _: run_demo(),

@@ -31,7 +31,33 @@ from . import (
     Transfer,
 )
 
-__all__ = ["describe_event", "event_to_json", "event_to_line"]
+__all__ = ["describe_event", "event_to_json", "event_to_line", "printable"]
+
+
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(char: str) -> str:
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def printable(text: str) -> str:
+    r"""*text* safe to show on a terminal.
+
+    Peers choose message texts, file names and reasons: any character a
+    terminal could act on (escape and other control characters, line breaks,
+    bidirectional overrides and other format characters) is shown as a
+    Python-style escape instead (``\x1b``), so nothing received can move the
+    cursor, recolour the screen or disguise itself as a line of its own.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
 
 
 def _peer(peer: PeerInfo) -> dict[str, Any]:
@@ -111,13 +137,33 @@ def event_to_json(event: Event) -> dict[str, Any]:
             assert_never(event)
 
 
+def _json_escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # a surrogate pair, as JSON spells characters beyond the BMP
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def event_to_line(event: Event) -> str:
-    """The JSON form of *event* as one line (no newline)."""
-    return json.dumps(event_to_json(event), ensure_ascii=False)
+    r"""The JSON form of *event* as one line (no newline), safe to print.
+
+    Text stays readable (not ASCII-escaped), but every character a terminal
+    could act on is written as a JSON ``\u`` escape, so the line is
+    printable and decodes to exactly what was sent.
+    """
+    line = json.dumps(event_to_json(event), ensure_ascii=False)
+    if line.isprintable():
+        return line
+    return "".join(char if char.isprintable() else _json_escape(char) for char in line)
 
 
 def describe_event(event: Event) -> str:
-    """*event* as a sentence for a person."""
+    """*event* as a sentence for a person, safe to print (see :func:`printable`)."""
+    return printable(_sentence(event))
+
+
+def _sentence(event: Event) -> str:
     match event:
         case PeerDiscovered(peer=p):
             return f"found {p.name} ({p.id}) at {p.address}:{p.port}"

@@ -23,6 +23,7 @@ import ifaddr
 import rich.filesize
 import rich.progress_bar
 import rich.table
+import rich.text
 import trio
 
 from . import (
@@ -42,7 +43,7 @@ from . import (
     TrioP2PError,
     open_messenger,
 )
-from ._cli_json import describe_event
+from ._cli_json import describe_event, printable
 from ._cli_script import config_from
 from ._cli_term import Terminal, open_terminal
 
@@ -93,7 +94,7 @@ class _Bar:
     def __init__(self, transfer: Transfer, peer: str) -> None:
         self.transfer = transfer
         arrow = "to" if transfer.direction == Direction.SEND else "from"
-        self.label = f"{transfer.filename} {arrow} {peer}"
+        self.label = f"{printable(transfer.filename)} {arrow} {peer}"
         self.done = transfer.offset
         self.started = time.monotonic()
         self.start_bytes = transfer.offset
@@ -113,7 +114,7 @@ class _Bar:
         grid.add_column(no_wrap=True, justify="right")
         grid.add_column(no_wrap=True)
         grid.add_row(
-            self.label,
+            rich.text.Text(self.label),
             rich.progress_bar.ProgressBar(total=max(total, 1), completed=self.done, width=24),
             f"{100 * self.done / total if total else 100:3.0f}%",
             f"{rich.filesize.decimal(self.done)}/{rich.filesize.decimal(total)} "
@@ -136,6 +137,13 @@ class _TerminalLog(logging.Handler):
             sys.stderr.write(self.format(record) + "\n")
             return
         self.terminal.print(self.format(record))
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log messages with what peers sent made safe for a terminal (:func:`printable`)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 class Menu:
@@ -231,7 +239,7 @@ class Menu:
             verb = "sending" if transfer.direction == Direction.SEND else "receiving"
             resumed = f", resuming at {transfer.offset:,} bytes" if transfer.offset else ""
             self.say(
-                f"* {verb} {transfer.filename} ({transfer.size:,} bytes{resumed}) "
+                f"* {verb} {printable(transfer.filename)} ({transfer.size:,} bytes{resumed}) "
                 f"{'to' if transfer.direction == Direction.SEND else 'from'} "
                 f"{self._peer_name(transfer.peer_id)}"
             )
@@ -249,7 +257,7 @@ class Menu:
             transfer = event.transfer
             self.offers.append(transfer)
             self.say(
-                f"* {self._peer_name(transfer.peer_id)} offers {transfer.filename} "
+                f"* {self._peer_name(transfer.peer_id)} offers {printable(transfer.filename)} "
                 f"({transfer.size:,} bytes)"
             )
             if self._waiting is not None and not self.terminal.typing:
@@ -263,16 +271,16 @@ class Menu:
     async def _ask_offer(self, transfer: Transfer) -> None:
         peer = self._peer_name(transfer.peer_id)
         answer = await self.terminal.ask(
-            f"accept {transfer.filename} ({transfer.size:,} bytes) from {peer}? [y/n] "
+            f"accept {printable(transfer.filename)} ({transfer.size:,} bytes) from {peer}? [y/n] "
         )
         try:
             if answer.strip().lower() in ("y", "yes"):
                 self.messenger.accept_file(transfer.id)
             else:
                 self.messenger.reject_file(transfer.id, "declined by the user")
-                self.say(f"declined {transfer.filename}")
+                self.say(f"declined {printable(transfer.filename)}")
         except TrioP2PError as exc:  # it timed out or was cancelled meanwhile
-            self.say(f"too late: {exc}")
+            self.say(f"too late: {printable(str(exc))}")
 
     # ------------------------------------------------------------ peers
 
@@ -282,7 +290,7 @@ class Menu:
         for number, peer in enumerate(peers, 1):
             table.add_row(
                 str(number),
-                peer.name,
+                rich.text.Text(printable(peer.name)),
                 str(peer.id),
                 f"{peer.address}:{peer.port}",
                 "yes" if peer.id in connected else "",
@@ -345,7 +353,7 @@ class Menu:
         except trio.TooSlowError:
             self.say(f"{peer.name} did not answer within {CONNECT_TIMEOUT:g} s")
         except (TrioP2PError, OSError) as exc:
-            self.say(f"could not connect to {peer.name}: {exc}")
+            self.say(f"could not connect to {peer.name}: {printable(str(exc))}")
 
     async def send_text(self) -> None:
         """4: send a text message, and say when the peer has it."""
@@ -359,7 +367,7 @@ class Menu:
         try:
             await self.messenger.send_text_message(peer.id, text)
         except TrioP2PError as exc:
-            self.say(f"not sent: {exc}")
+            self.say(f"not sent: {printable(str(exc))}")
             return
         self.nursery.start_soon(self._confirm, peer)
 
@@ -370,7 +378,7 @@ class Menu:
         except trio.TooSlowError:
             self.say(f"{peer.name} has not acknowledged the message yet")
         except TrioP2PError as exc:
-            self.say(f"the message may not have reached {peer.name}: {exc}")
+            self.say(f"the message may not have reached {peer.name}: {printable(str(exc))}")
         else:
             self.say(f"{peer.name} has the message")
 
@@ -398,7 +406,7 @@ class Menu:
         except TransferError:
             pass  # FileTransferFailed says why
         except TrioP2PError as exc:
-            self.say(f"{path.name} not sent: {exc}")
+            self.say(f"{path.name} not sent: {printable(str(exc))}")
 
     async def disconnect(self) -> None:
         """6: close the connection to a peer."""
@@ -447,9 +455,11 @@ class Menu:
             ),
         ]
         for key, value in rows:
-            table.add_row(key, value)
+            table.add_row(key, rich.text.Text(value))
         for bar in self.bars.values():
-            table.add_row("", f"{bar.label}: {bar.done:,} of {bar.transfer.size:,} bytes")
+            table.add_row(
+                "", rich.text.Text(f"{bar.label}: {bar.done:,} of {bar.transfer.size:,} bytes")
+            )
         self.say("\n".join(self.terminal.render(table)))
 
     async def discover(self) -> None:
@@ -471,7 +481,7 @@ async def menu(args: argparse.Namespace) -> int:
     config = config_from(args)  # bad options fail before the terminal changes
     async with open_terminal() as terminal:
         handler = _TerminalLog(terminal)
-        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        handler.setFormatter(PrintableFormatter("%(name)s %(levelname)s %(message)s"))
         root = logging.getLogger()
         moved = [h for h in root.handlers if isinstance(h, logging.StreamHandler)]
         for old in moved:

@@ -14,6 +14,7 @@ import uuid
 
 import rich.console
 import rich.table
+import rich.text
 import trio
 
 from . import (
@@ -26,7 +27,7 @@ from . import (
     TrioP2PError,
     open_messenger,
 )
-from ._cli_json import describe_event, event_to_line
+from ._cli_json import describe_event, event_to_line, printable
 
 __all__ = ["add_common_options", "config_from", "listen", "peers", "send"]
 
@@ -134,9 +135,9 @@ async def send(args: argparse.Namespace) -> int:
         except trio.TooSlowError:
             return _fail(f"{peer.name} did not answer within {args.timeout:g} s")
         except TransferError as exc:
-            return _fail(f"the file was not sent: {exc.reason}")
+            return _fail(f"the file was not sent: {printable(exc.reason)}")
         except (TrioP2PError, OSError) as exc:
-            return _fail(str(exc))
+            return _fail(printable(str(exc)))
     return 0
 
 
@@ -160,11 +161,12 @@ async def peers(args: argparse.Namespace) -> int:
     elif console.is_terminal:
         table = rich.table.Table("#", "name", "id", "address")
         for number, peer in enumerate(listed, 1):
-            table.add_row(str(number), peer.name, str(peer.id), f"{peer.address}:{peer.port}")
+            name = rich.text.Text(printable(peer.name))
+            table.add_row(str(number), name, str(peer.id), f"{peer.address}:{peer.port}")
         console.print(table)
     else:  # plain lines for scripts: name, id, address, tab-separated
         for peer in listed:
-            print(f"{peer.name}\t{peer.id}\t{peer.address}:{peer.port}")
+            print(f"{printable(peer.name)}\t{peer.id}\t{peer.address}:{peer.port}")
     if not args.json:
         print(f"{len(found)} peers answered within {args.timeout:g} s", file=sys.stderr)
     return 0
