@@ -13,6 +13,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_seconds(who: int = resource.RUSAGE_SELF) -> float:
+    """CPU time (user and system, every thread) used so far by *who*."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def report(**values: Any) -> None:
     """One JSON line to the driver on stdout."""
     print(json.dumps(values), flush=True)

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import pathlib
+import resource
 import shutil
 import socket
 import subprocess
@@ -28,7 +29,7 @@ import tempfile
 import time
 
 import trio
-from _common import free_port, peak_rss_mib, report
+from _common import cpu_seconds, free_port, peak_rss_mib, report
 
 import trio_p2p
 
@@ -51,6 +52,7 @@ async def p2p_receiver(discovery_port: int, folder: str) -> None:
     async with trio_p2p.open_messenger("receiver", config(discovery_port, folder)) as node:
         base = peak_rss_mib()
         report(port=node.tcp_port)
+        cpu = cpu_seconds()
         latency = 0.0
         async for event in node.events:
             if isinstance(event, trio_p2p.MessageReceived):
@@ -58,7 +60,7 @@ async def p2p_receiver(discovery_port: int, folder: str) -> None:
                 latency = time.time() - float(event.message.content.text)
             elif isinstance(event, trio_p2p.FileTransferCompleted | trio_p2p.FileTransferFailed):
                 break
-        report(rss_growth=peak_rss_mib() - base, latency_ms=latency * 1000)
+        report(rss_growth=peak_rss_mib() - base, latency_ms=latency * 1000, cpu=cpu_seconds() - cpu)
 
 
 async def p2p_sender(port: int, discovery_port: int, path: str) -> None:
@@ -66,6 +68,7 @@ async def p2p_sender(port: int, discovery_port: int, path: str) -> None:
         async with trio_p2p.open_messenger("sender", config(discovery_port, unused)) as node:
             peer = await node.connect_to_peer(("127.0.0.1", port))
             base = peak_rss_mib()
+            cpu = cpu_seconds()
             start = time.monotonic()
             async with trio.open_nursery() as nursery:
 
@@ -83,7 +86,7 @@ async def p2p_sender(port: int, discovery_port: int, path: str) -> None:
                 await node.send_file(peer.id, path)
                 nursery.cancel_scope.cancel()
             seconds = time.monotonic() - start
-            report(seconds=seconds, rss_growth=peak_rss_mib() - base)
+            report(seconds=seconds, rss_growth=peak_rss_mib() - base, cpu=cpu_seconds() - cpu)
 
 
 def raw_receiver(folder: str) -> None:
@@ -93,22 +96,26 @@ def raw_receiver(folder: str) -> None:
         base = peak_rss_mib()
         report(port=listener.getsockname()[1])
         conn, _ = listener.accept()
+        cpu = cpu_seconds()
         buffer = bytearray(BLOCK)
         view = memoryview(buffer)
         with conn, open(os.path.join(folder, "copy"), "wb") as out:
             while n := conn.recv_into(buffer):
                 out.write(view[:n])
-        report(rss_growth=peak_rss_mib() - base, latency_ms=0)
+        report(rss_growth=peak_rss_mib() - base, latency_ms=0, cpu=cpu_seconds() - cpu)
 
 
 def raw_sender(port: int, path: str) -> None:
     base = peak_rss_mib()
+    cpu = cpu_seconds()
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", port)) as sock, open(path, "rb") as file:
         sock.sendfile(file)
         sock.shutdown(socket.SHUT_WR)
         sock.recv(1)  # the receiver closes once it has everything
-    report(seconds=time.monotonic() - start, rss_growth=peak_rss_mib() - base)
+    report(
+        seconds=time.monotonic() - start, rss_growth=peak_rss_mib() - base, cpu=cpu_seconds() - cpu
+    )
 
 
 # ------------------------------------------------------------------ driver
@@ -131,6 +138,7 @@ def run_pair(receiver: list[str], sender: list[str]) -> dict[str, float]:
         "sender_rss": sent["rss_growth"],
         "receiver_rss": received["rss_growth"],
         "latency_ms": received["latency_ms"],
+        "cpu": sent["cpu"] + received["cpu"],
     }
 
 
@@ -151,6 +159,7 @@ def socat_copy(path: str, folder: str) -> dict[str, float] | None:
         ]
     )
     time.sleep(0.3)  # let it listen
+    cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     subprocess.run(
         [socat, "-u", "-b", str(BLOCK), f"OPEN:{path}", f"TCP:127.0.0.1:{port}"], check=True
@@ -161,6 +170,7 @@ def socat_copy(path: str, folder: str) -> dict[str, float] | None:
         "sender_rss": 0,
         "receiver_rss": 0,
         "latency_ms": 0,
+        "cpu": cpu_seconds(resource.RUSAGE_CHILDREN) - cpu,
     }
 
 
@@ -225,9 +235,10 @@ def main() -> None:
         r = results[name]
         rate = size / r["seconds"] / 1e9
         ratio = f"{rate / socat_rate:5.2f}x socat" if socat_rate else ""
+        cpu = r["cpu"] / (size / 1e9)
         print(
-            f"  {label:32} {rate:6.2f} GB/s  {ratio}  peak RSS growth: sender "
-            f"{r['sender_rss']:.0f} MiB, receiver {r['receiver_rss']:.0f} MiB"
+            f"  {label:32} {rate:6.2f} GB/s  {ratio}  CPU {cpu:4.2f} s/GB  peak RSS growth: "
+            f"sender {r['sender_rss']:.0f} MiB, receiver {r['receiver_rss']:.0f} MiB"
         )
     latency = results["trio_p2p"]["latency_ms"]
     print(f"a text sent a third of the way through arrived after {latency:.1f} ms")
