@@ -28,12 +28,15 @@ from trio_p2p._messages import (
     Ack,
     Beacon,
     BeaconKind,
+    Data,
     FileChunk,
     Frame,
     Hello,
+    Message,
+    Text,
 )
 
-from .strategies import beacons, frames
+from .strategies import beacons, frames, messages, names, seqs
 
 LIMIT = 1 << 20
 
@@ -434,6 +437,89 @@ def test_invalid_chunks_in_the_fast_layout_are_protocol_errors(
 ) -> None:
     with pytest.raises(ProtocolError, match=match):
         FrameDecoder(LIMIT).feed(frame_of(payload))
+
+
+def generic_data_bytes(seq: int, message: Message) -> bytes:
+    """A Data frame as ``cbor2.dumps`` writes its map (the layout the fast paths use)."""
+    return frame_of(
+        {
+            "t": "m",
+            "q": seq,
+            "i": message.id.bytes,
+            "f": message.sender_id.bytes,
+            "n": message.sender_name,
+            "ts": message.timestamp,
+            "c": {"t": "text", "x": message.content.text},
+        }
+    )
+
+
+long_texts = st.builds(
+    Message,
+    id=st.uuids(version=4),
+    sender_id=st.uuids(),
+    sender_name=names,
+    timestamp=st.floats(min_value=-9.9e9, max_value=9.9e10),
+    content=st.builds(Text, st.text(min_size=200, max_size=70_000)),
+)
+
+
+@settings(max_examples=300)
+@given(seqs, messages | long_texts)
+def test_data_and_ack_frames_are_the_bytes_cbor2_writes(seq: int, message: Message) -> None:
+    assert encode_frame(Data(seq, message)) == generic_data_bytes(seq, message)
+    assert encode_frame(Ack(seq)) == frame_of({"q": seq, "t": "a"})
+
+
+@settings(max_examples=500)
+@given(
+    st.one_of(st.builds(Data, seqs, messages), st.builds(Ack, seqs)),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=3),
+)
+def test_the_data_and_ack_fast_paths_agree_with_the_generic_decoder(
+    frame: Data | Ack, changes: list[tuple[int, int]]
+) -> None:
+    """Damage a Data or Ack frame's body anywhere: the decoder still makes of it
+    exactly what the generic path makes (the same frame, or a protocol error)."""
+    encoded = bytearray(encode_frame(frame))
+    assert FrameDecoder(LIMIT).feed(bytes(encoded)) == [frame]
+    for where, value in changes:
+        encoded[4 + where % (len(encoded) - 4)] = value
+    expected = generic_decode(bytes(encoded))
+    decoder = FrameDecoder(LIMIT)
+    decoder.expect_sender(frame.message.sender_id if isinstance(frame, Data) else uuid.uuid4())
+    try:
+        got: Frame | ProtocolError = decoder.feed(bytes(encoded))[0]
+    except ProtocolError as exc:
+        got = exc
+    if isinstance(expected, ProtocolError):
+        assert isinstance(got, ProtocolError)
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("seq", "timestamp", "text", "match"),
+    [
+        pytest.param(2**63, 1.0, "x", "sequence number", id="seq-too-large"),
+        pytest.param(1, 1e12, "x", "timestamp", id="timestamp-out-of-range"),
+        pytest.param(1, float("inf"), "x", "timestamp", id="infinite-timestamp"),
+    ],
+)
+def test_invalid_values_in_the_data_fast_layout_are_protocol_errors(
+    seq: int, timestamp: float, text: str, match: str
+) -> None:
+    message = Message(uuid.uuid4(), uuid.uuid4(), "Alice", timestamp, Text(text))
+    with pytest.raises(ProtocolError, match=match):
+        FrameDecoder(LIMIT).feed(generic_data_bytes(seq, message))
+
+
+def test_invalid_utf8_in_the_data_fast_layout_is_a_protocol_error() -> None:
+    message = Message(uuid.uuid4(), uuid.uuid4(), "Alice", 1.0, Text("abc"))
+    frame = bytearray(generic_data_bytes(1, message))
+    frame[-1] = 0xFF  # the last byte of the text
+    with pytest.raises(ProtocolError, match="invalid CBOR"):
+        FrameDecoder(LIMIT).feed(bytes(frame))
 
 
 def test_the_decoder_says_how_much_of_a_frame_is_missing() -> None:

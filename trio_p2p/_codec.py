@@ -212,41 +212,45 @@ def _unstructure_content(content: Content) -> dict[str, Any]:
 
 
 def _structure_data(value: dict[str, Any], senders: dict[bytes, uuid.UUID]) -> Data:
-    # Hand-written, with the checks of _uuid, _str, _timestamp, _int and
-    # _structure_content inline: this is the per-message path. *senders* caches
-    # the sender ids already seen on this stream (one, normally).
-    sender = value["f"]
-    sender_id = senders.get(sender) if type(sender) is bytes else None
-    if sender_id is None:
-        sender_id = _uuid(sender)
-        if len(senders) < 4:
-            senders[sender] = sender_id
-    raw_id = value["i"]
-    if type(raw_id) is not bytes or len(raw_id) != 16:
-        _fail("16-byte id", raw_id)
-    message_id: uuid.UUID = _new_object(uuid.UUID)
-    _set_attribute(message_id, "int", int.from_bytes(raw_id))
-    _set_attribute(message_id, "is_safe", _SAFE_UNKNOWN)
-    name = value["n"]
-    if type(name) is not str:
-        _fail("text", name)
-    seconds = value["ts"]
-    if type(seconds) is not float:
-        seconds = _float(seconds, None)
-    if not -1e10 < seconds < 1e11:  # also refuses NaN and infinities
-        raise ValueError(f"timestamp out of range: {seconds!r}")
+    # Hand-written, with the checks of _str and _structure_content inline: this
+    # is the per-message path (when the fast path below does not apply).
     content = value["c"]
     if type(content) is not dict or content.get("t") != "text":
         content = _structure_content(content)  # raises with the reason
+        text = content.text
     else:
         text = content["x"]
         if type(text) is not str:
             _fail("text", text)
-        content = Text(text)
-    seq = value["q"]
-    if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
-        _check_seq(_int(seq, None))
-    return Data(seq, Message(message_id, sender_id, name, seconds, content))
+    return _data(value["q"], value["i"], value["f"], value["n"], value["ts"], text, senders)
+
+
+def _data(
+    seq: object,
+    raw_id: object,
+    sender: object,
+    name: object,
+    seconds: object,
+    text: str,
+    senders: dict[bytes, uuid.UUID],
+) -> Data:
+    """A Data frame from its decoded fields, checked as _uuid, _str, _timestamp and _int do.
+
+    *senders* caches the sender ids already seen on this stream (one, normally).
+    """
+    sender_id = senders.get(sender) if type(sender) is bytes else None
+    if sender_id is None:
+        sender_id = _uuid(sender)
+        if len(senders) < 4 and type(sender) is bytes:
+            senders[sender] = sender_id
+    message_id = _uuid(raw_id)
+    if not isinstance(name, str):
+        _fail("text", name)
+    timestamp = seconds if type(seconds) is float else _float(seconds, None)
+    if not -1e10 < timestamp < 1e11:  # also refuses NaN and infinities
+        raise ValueError(f"timestamp out of range: {timestamp!r}")
+    number = seq if type(seq) is int and 0 <= seq <= _MAX_SEQ else _check_seq(_int(seq, None))
+    return Data(number, Message(message_id, sender_id, name, timestamp, Text(text)))
 
 
 def _make_converter() -> cattrs.Converter:
@@ -551,7 +555,18 @@ class FrameDecoder:
         for start, end in bounds:
             if start == end:
                 raise ProtocolError("empty frame")
-            if end - start >= _FAST_CHUNK_MIN:
+            first = buffer[start]
+            if first == 0xA7:  # the map of a Data frame, perhaps as encode_data writes it
+                data = _fast_data(buffer[start:end], self._senders)
+                if data is not None:
+                    frames.append(data)
+                    continue
+            elif first == 0xA2:  # perhaps an Ack as encode_frame writes it
+                ack = _fast_ack(buffer[start:end])
+                if ack is not None:
+                    frames.append(ack)
+                    continue
+            elif first == 0xA4 and end - start >= _FAST_CHUNK_MIN:
                 chunk = _fast_chunk(buffer, start, end)
                 if chunk is not None:
                     frames.append(chunk)
@@ -609,7 +624,9 @@ def _cbor_head(major: int, value: int) -> bytes:
     raise ValueError(f"{value} does not fit a CBOR head")
 
 
-def _read_head(data: memoryview, position: int, major: int) -> tuple[int, int] | None:
+def _read_head(
+    data: bytes | bytearray | memoryview, position: int, major: int
+) -> tuple[int, int] | None:
     """(argument, next position) of a CBOR head of *major* type, or None."""
     if position >= len(data) or data[position] >> 5 != major:
         return None
@@ -665,6 +682,81 @@ def _fast_chunk(buffer: bytearray, start: int, end: int) -> FileChunk | None:
         return FileChunk(_uuid(bytes(body[5:21])), offset[0], bytes(body[length[1] : data_end]))
 
 
+#: Data frames, as encode_data lays them out: a map of 7 pairs, "t": "m" and the key "q"
+_DATA_HEAD = b"\xa7\x61t\x61m\x61q"
+#: the key "i" or "f" and the head of a 16-byte byte string
+_KEY_I = b"\x61i\x50"
+_KEY_F = b"\x61f\x50"
+_KEY_N = b"\x61n"
+#: the key "ts" and the head of a double
+_KEY_TS = b"\x62ts\xfb"
+#: the key "c", the map {"t": "text", "x": ...} up to the text's head
+_KEY_C = b"\x61c\xa2\x61t\x64text\x61x"
+#: after the sequence number: ids and keys up to the name's first head byte
+_DATA_IDS = struct.Struct(">3s16s3s16s2sB")
+#: after the name: the timestamp and keys up to the text's first head byte
+_DATA_TAIL = struct.Struct(">4sd12sB")
+_DOUBLE = struct.Struct(">d")
+
+
+def _fast_data(body: bytearray, senders: dict[bytes, uuid.UUID]) -> Data | None:
+    """The Data frame *body*, if laid out as encode_data writes it.
+
+    None (for any other layout, or an invalid value) sends the frame down the
+    generic path, which accepts or refuses it as for any frame.
+    """
+    size = len(body)
+    if not body.startswith(_DATA_HEAD) or size < 7 + 1 + _DATA_IDS.size:
+        return None
+    seq = body[7]
+    position = 8
+    if seq >= 24:
+        head = _read_head(body, 7, 0)
+        if head is None:
+            return None
+        seq, position = head
+    key_i, raw_id, key_f, sender, key_n, first = _DATA_IDS.unpack_from(body, position)
+    if key_i != _KEY_I or key_f != _KEY_F or key_n != _KEY_N:
+        return None
+    position += _DATA_IDS.size
+    if 0x60 <= first < 0x78:  # a short name: its length is in its head
+        name_end = position + first - 0x60
+    else:
+        head = _read_head(body, position - 1, 3)
+        if head is None:
+            return None
+        position, name_end = head[1], head[1] + head[0]
+    if name_end + _DATA_TAIL.size > size:
+        return None
+    key_ts, seconds, key_c, first = _DATA_TAIL.unpack_from(body, name_end)
+    if key_ts != _KEY_TS or key_c != _KEY_C:
+        return None
+    text_head = _read_head(body, name_end + _DATA_TAIL.size - 1, 3)
+    if text_head is None or text_head[1] + text_head[0] != size:
+        return None
+    try:
+        name = body[position:name_end].decode()
+        text = body[text_head[1] :].decode()
+        return _data(seq, raw_id, sender, name, seconds, text, senders)
+    except (TypeError, ValueError):  # UnicodeDecodeError among them
+        return None  # the generic path says what is wrong
+
+
+#: Ack frames, as encode_frame lays them out: {"q": seq, "t": "a"}
+_ACK_HEAD = b"\xa2\x61q"
+_ACK_TAIL = b"\x61t\x61a"
+
+
+def _fast_ack(body: bytearray) -> Ack | None:
+    """The Ack frame *body*, if laid out as encode_frame writes it (else None)."""
+    if not body.startswith(_ACK_HEAD) or not body.endswith(_ACK_TAIL):
+        return None
+    head = _read_head(body, 3, 0)
+    if head is None or head[1] + len(_ACK_TAIL) != len(body) or head[0] > _MAX_SEQ:
+        return None
+    return Ack(head[0])
+
+
 # ---------------------------------------------------------------- encoding
 
 
@@ -672,8 +764,8 @@ def encode_frame(frame: Frame) -> bytes:
     """Encode *frame* with its length prefix, ready to write to a stream."""
     if type(frame) is Data:
         return encode_data(frame.seq, frame.message)
-    if type(frame) is Ack:  # after every read batch: skip the converter
-        body = cbor2.dumps({"q": frame.seq, "t": "a"})
+    if type(frame) is Ack and 0 <= frame.seq <= _MAX_SEQ:  # after every read batch
+        body = _ACK_HEAD + _cbor_head(0, frame.seq) + _ACK_TAIL
         return _HEADER.pack(len(body)) + body
     payload = _converter.unstructure(frame)
     payload["t"] = FRAME_TAGS[type(frame)]
@@ -682,7 +774,42 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def encode_data(seq: int, message: Message) -> bytes:
-    """Encode a :class:`Data` frame (the per-message path) with its prefix."""
+    """Encode a :class:`Data` frame (the per-message path) with its prefix.
+
+    The bytes are those ``cbor2.dumps`` gives for the frame's map, put
+    together directly (the layout :func:`_fast_data` reads back).
+    """
+    seconds = message.timestamp
+    if type(seconds) is not float or not -1e10 < seconds < 1e11 or not 0 <= seq <= _MAX_SEQ:
+        return _encode_data_generic(seq, message)
+    name = message.sender_name.encode()
+    text = message.content.text.encode()
+    size = len(name)
+    name_head = bytes((0x60 | size,)) if size < 24 else _cbor_head(3, size)
+    size = len(text)
+    text_head = bytes((0x60 | size,)) if size < 24 else _cbor_head(3, size)
+    body = b"".join(
+        (
+            _DATA_HEAD,
+            bytes((seq,)) if seq < 24 else _cbor_head(0, seq),
+            _KEY_I,
+            message.id.bytes,
+            _KEY_F,
+            message.sender_id.bytes,
+            _KEY_N,
+            name_head,
+            name,
+            _KEY_TS,
+            _DOUBLE.pack(seconds),
+            _KEY_C,
+            text_head,
+            text,
+        )
+    )
+    return _HEADER.pack(len(body)) + body
+
+
+def _encode_data_generic(seq: int, message: Message) -> bytes:
     body = cbor2.dumps(
         {
             "t": "m",
