@@ -620,10 +620,27 @@ class PeerConnection:
             if self._arrival_lot:
                 self._arrival_lot.unpark_all()
             frames = decoder.commit(count) if receive_into is not None else decoder.feed(data)
+            delivered = self.messages_received
             for frame in frames:
                 await self._handle(frame)
             if session.last_received > session.last_ack_sent:
-                self._want_ack()
+                if count < size and self.messages_received != delivered:
+                    await self._let_the_application_answer()
+                else:
+                    self._want_ack()
+
+    async def _let_the_application_answer(self) -> None:
+        # The socket is drained and messages were handed to the application: let
+        # it run before this reader waits on the socket again (two turns, since
+        # Trio runs the tasks of one turn in either order). What it sends then
+        # is written at once and carries the ack; the writer is woken for the
+        # ack only if nothing did. Keeps a request/answer exchange to one
+        # scheduler turn per side, off the receive path.
+        self._ack_wanted = True
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        if self._ack_wanted and self._writer_lot:
+            self._writer_lot.unpark()
 
     async def _handle(self, frame: Frame) -> None:
         self.frames_received += 1
