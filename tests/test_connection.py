@@ -212,6 +212,33 @@ async def test_only_a_send_on_an_idle_connection_writes_directly(
             nursery.cancel_scope.cancel()
 
 
+async def test_an_answer_carries_the_ack_of_the_question_in_one_write() -> None:
+    with trio.fail_after(10), mock.patch.object(_connection, "DIRECT_WRITE_IDLE", 0.0):
+        sb, sa, write_nowait, written = direct_write_pair([])
+        alice, bob = node("Alice"), node("Bob")
+        b = make_side(sb, bob, alice, dialer=False, write_nowait=write_nowait)
+        a = make_side(sa, alice, bob, dialer=True)
+
+        async def answer() -> None:
+            assert await received_texts(b, 1) == ["question"]
+            await b.conn.send(Text("answer"))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            nursery.start_soon(answer)
+            await trio.testing.wait_all_tasks_blocked()
+            await a.conn.send(Text("question"))
+            assert await received_texts(a, 1) == ["answer"]
+            await a.conn.flush()  # the question is acknowledged...
+            await trio.testing.wait_all_tasks_blocked()
+            # ...by the write that carried the answer: Bob wrote once, nothing else
+            assert len(written) == 1
+            assert a.conn.bytes_received == written[0]
+            assert b.conn.frames_sent == 2  # the answer and the ack
+            nursery.cancel_scope.cancel()
+
+
 async def test_oversized_message_is_refused_before_it_is_numbered() -> None:
     with trio.fail_after(5):
         sa, _sb = trio.testing.memory_stream_pair()
