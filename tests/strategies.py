@@ -43,14 +43,20 @@ names = st.text(min_size=1, max_size=40).filter(_valid_name)
 ports = st.integers(1, 65535)
 seqs = st.integers(0, 2**63 - 1)
 
-messages = st.builds(
-    Message,
-    id=st.uuids(version=4),
-    sender_id=st.uuids(),
-    sender_name=names,
-    timestamp=st.floats(min_value=-9.9e9, max_value=9.9e10),
-    content=st.builds(Text, st.text(max_size=200)),
-)
+
+def messages_with(texts: st.SearchStrategy[str]) -> st.SearchStrategy[Message]:
+    """Messages whose text is drawn from *texts*."""
+    return st.builds(
+        Message,
+        id=st.uuids(version=4),
+        sender_id=st.uuids(),
+        sender_name=names,
+        timestamp=st.floats(min_value=-9.9e9, max_value=9.9e10),
+        content=st.builds(Text, texts),
+    )
+
+
+messages = messages_with(st.text(max_size=200))
 
 hellos = st.builds(
     Hello,

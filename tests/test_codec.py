@@ -16,6 +16,7 @@ from trio_p2p import ProtocolError
 from trio_p2p._codec import (
     MAX_BEACON_SIZE,
     FrameDecoder,
+    _encode_data_generic,
     chunk_frame_parts,
     decode_beacon,
     decode_frame,
@@ -36,7 +37,7 @@ from trio_p2p._messages import (
     Text,
 )
 
-from .strategies import beacons, frames, messages, names, seqs
+from .strategies import beacons, frames, messages, messages_with, seqs
 
 LIMIT = 1 << 20
 
@@ -378,6 +379,19 @@ def generic_decode(frame: bytes) -> Frame | ProtocolError:
         return exc
 
 
+def assert_decodes_as_the_generic_path(frame: bytes, decoder: FrameDecoder) -> None:
+    """*decoder* makes of *frame* what the generic path makes: the same frame, or an error."""
+    expected = generic_decode(frame)
+    try:
+        got: Frame | ProtocolError = decoder.feed(frame)[0]
+    except ProtocolError as exc:
+        got = exc
+    if isinstance(expected, ProtocolError):
+        assert isinstance(got, ProtocolError)
+    else:
+        assert got == expected
+
+
 @given(big_chunks)
 def test_chunk_frames_are_written_without_copying_the_data(chunk: FileChunk) -> None:
     head, data, tail = chunk_frame_parts(chunk)
@@ -400,15 +414,7 @@ def test_the_chunk_fast_path_agrees_with_the_generic_decoder(
     for where, value in changes:  # within the head (after the prefix) or the tail
         index = 4 + where if where < 30 else len(frame) - (where - 29)
         frame[index] = value
-    expected = generic_decode(bytes(frame))
-    try:
-        got: Frame | ProtocolError = FrameDecoder(1 << 20).feed(bytes(frame))[0]
-    except ProtocolError as exc:
-        got = exc
-    if isinstance(expected, ProtocolError):
-        assert isinstance(got, ProtocolError)
-    else:
-        assert got == expected
+    assert_decodes_as_the_generic_path(bytes(frame), FrameDecoder(1 << 20))
 
 
 @pytest.mark.parametrize(
@@ -439,35 +445,13 @@ def test_invalid_chunks_in_the_fast_layout_are_protocol_errors(
         FrameDecoder(LIMIT).feed(frame_of(payload))
 
 
-def generic_data_bytes(seq: int, message: Message) -> bytes:
-    """A Data frame as ``cbor2.dumps`` writes its map (the layout the fast paths use)."""
-    return frame_of(
-        {
-            "t": "m",
-            "q": seq,
-            "i": message.id.bytes,
-            "f": message.sender_id.bytes,
-            "n": message.sender_name,
-            "ts": message.timestamp,
-            "c": {"t": "text", "x": message.content.text},
-        }
-    )
-
-
-long_texts = st.builds(
-    Message,
-    id=st.uuids(version=4),
-    sender_id=st.uuids(),
-    sender_name=names,
-    timestamp=st.floats(min_value=-9.9e9, max_value=9.9e10),
-    content=st.builds(Text, st.text(min_size=200, max_size=70_000)),
-)
+long_texts = messages_with(st.text(min_size=200, max_size=70_000))
 
 
 @settings(max_examples=300)
 @given(seqs, messages | long_texts)
 def test_data_and_ack_frames_are_the_bytes_cbor2_writes(seq: int, message: Message) -> None:
-    assert encode_frame(Data(seq, message)) == generic_data_bytes(seq, message)
+    assert encode_frame(Data(seq, message)) == _encode_data_generic(seq, message)
     assert encode_frame(Ack(seq)) == frame_of({"q": seq, "t": "a"})
 
 
@@ -485,17 +469,9 @@ def test_the_data_and_ack_fast_paths_agree_with_the_generic_decoder(
     assert FrameDecoder(LIMIT).feed(bytes(encoded)) == [frame]
     for where, value in changes:
         encoded[4 + where % (len(encoded) - 4)] = value
-    expected = generic_decode(bytes(encoded))
     decoder = FrameDecoder(LIMIT)
     decoder.expect_sender(frame.message.sender_id if isinstance(frame, Data) else uuid.uuid4())
-    try:
-        got: Frame | ProtocolError = decoder.feed(bytes(encoded))[0]
-    except ProtocolError as exc:
-        got = exc
-    if isinstance(expected, ProtocolError):
-        assert isinstance(got, ProtocolError)
-    else:
-        assert got == expected
+    assert_decodes_as_the_generic_path(bytes(encoded), decoder)
 
 
 @pytest.mark.parametrize(
@@ -511,12 +487,12 @@ def test_invalid_values_in_the_data_fast_layout_are_protocol_errors(
 ) -> None:
     message = Message(uuid.uuid4(), uuid.uuid4(), "Alice", timestamp, Text(text))
     with pytest.raises(ProtocolError, match=match):
-        FrameDecoder(LIMIT).feed(generic_data_bytes(seq, message))
+        FrameDecoder(LIMIT).feed(_encode_data_generic(seq, message))
 
 
 def test_invalid_utf8_in_the_data_fast_layout_is_a_protocol_error() -> None:
     message = Message(uuid.uuid4(), uuid.uuid4(), "Alice", 1.0, Text("abc"))
-    frame = bytearray(generic_data_bytes(1, message))
+    frame = bytearray(_encode_data_generic(1, message))
     frame[-1] = 0xFF  # the last byte of the text
     with pytest.raises(ProtocolError, match="invalid CBOR"):
         FrameDecoder(LIMIT).feed(bytes(frame))
