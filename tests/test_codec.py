@@ -490,6 +490,18 @@ def test_invalid_values_in_the_data_fast_layout_are_protocol_errors(
         FrameDecoder(LIMIT).feed(_encode_data_generic(seq, message))
 
 
+@pytest.mark.parametrize(
+    "head", [b"\x18\x30", b"\x19" + bytes(2), b"\x1a" + bytes(4), b"\x1b" + bytes(8)]
+)
+@pytest.mark.parametrize("rest", [0, 1, 34, 40])
+def test_a_data_frame_cut_short_after_a_long_sequence_number_is_a_protocol_error(
+    head: bytes, rest: int
+) -> None:
+    body = b"\xa7\x61t\x61m\x61q" + head + b"\x61i\x50" + bytes(rest)
+    with pytest.raises(ProtocolError):
+        FrameDecoder(LIMIT).feed(struct.pack(">I", len(body)) + body)
+
+
 def test_invalid_utf8_in_the_data_fast_layout_is_a_protocol_error() -> None:
     message = Message(uuid.uuid4(), uuid.uuid4(), "Alice", 1.0, Text("abc"))
     frame = bytearray(_encode_data_generic(1, message))

@@ -715,6 +715,8 @@ def _fast_data(body: bytearray, senders: dict[bytes, uuid.UUID]) -> Data | None:
         if head is None:
             return None
         seq, position = head
+        if position + _DATA_IDS.size > size:
+            return None
     key_i, raw_id, key_f, sender, key_n, first = _DATA_IDS.unpack_from(body, position)
     if key_i != _KEY_I or key_f != _KEY_F or key_n != _KEY_N:
         return None
