@@ -708,29 +708,20 @@ def _fast_data(body: bytearray, senders: dict[bytes, uuid.UUID]) -> Data | None:
     size = len(body)
     if not body.startswith(_DATA_HEAD) or size < 7 + 1 + _DATA_IDS.size:
         return None
-    seq = body[7]
-    position = 8
-    if seq >= 24:
-        head = _read_head(body, 7, 0)
-        if head is None:
-            return None
-        seq, position = head
-        if position + _DATA_IDS.size > size:
-            return None
-    key_i, raw_id, key_f, sender, key_n, first = _DATA_IDS.unpack_from(body, position)
+    head = _read_head(body, 7, 0)
+    if head is None or head[1] + _DATA_IDS.size > size:
+        return None
+    seq, position = head
+    key_i, raw_id, key_f, sender, key_n, _ = _DATA_IDS.unpack_from(body, position)
     if key_i != _KEY_I or key_f != _KEY_F or key_n != _KEY_N:
         return None
-    position += _DATA_IDS.size
-    if 0x60 <= first < 0x78:  # a short name: its length is in its head
-        name_end = position + first - 0x60
-    else:
-        head = _read_head(body, position - 1, 3)
-        if head is None:
-            return None
-        position, name_end = head[1], head[1] + head[0]
+    head = _read_head(body, position + _DATA_IDS.size - 1, 3)  # the name's
+    if head is None:
+        return None
+    position, name_end = head[1], head[1] + head[0]
     if name_end + _DATA_TAIL.size > size:
         return None
-    key_ts, seconds, key_c, first = _DATA_TAIL.unpack_from(body, name_end)
+    key_ts, seconds, key_c, _ = _DATA_TAIL.unpack_from(body, name_end)
     if key_ts != _KEY_TS or key_c != _KEY_C:
         return None
     text_head = _read_head(body, name_end + _DATA_TAIL.size - 1, 3)
@@ -786,25 +777,21 @@ def encode_data(seq: int, message: Message) -> bytes:
         return _encode_data_generic(seq, message)
     name = message.sender_name.encode()
     text = message.content.text.encode()
-    size = len(name)
-    name_head = bytes((0x60 | size,)) if size < 24 else _cbor_head(3, size)
-    size = len(text)
-    text_head = bytes((0x60 | size,)) if size < 24 else _cbor_head(3, size)
     body = b"".join(
         (
             _DATA_HEAD,
-            bytes((seq,)) if seq < 24 else _cbor_head(0, seq),
+            _cbor_head(0, seq),
             _KEY_I,
             message.id.bytes,
             _KEY_F,
             message.sender_id.bytes,
             _KEY_N,
-            name_head,
+            _cbor_head(3, len(name)),
             name,
             _KEY_TS,
             _DOUBLE.pack(seconds),
             _KEY_C,
-            text_head,
+            _cbor_head(3, len(text)),
             text,
         )
     )
