@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from trio_p2p import ProtocolError
 from trio_p2p._codec import (
+    CHUNK_HEAD_ROOM,
+    CHUNK_TAIL_ROOM,
     MAX_BEACON_SIZE,
     FrameDecoder,
     _encode_data_generic,
@@ -22,6 +24,7 @@ from trio_p2p._codec import (
     decode_frame,
     encode_beacon,
     encode_frame,
+    frame_chunk_in_place,
 )
 from trio_p2p._messages import (
     BEACON_MAGIC,
@@ -398,6 +401,31 @@ def test_chunk_frames_are_written_without_copying_the_data(chunk: FileChunk) -> 
     assert data is chunk.data
     assert head + data + tail == encode_frame(chunk)
     assert FrameDecoder(LIMIT).feed(head + data + tail) == [chunk]
+
+
+@given(big_chunks, st.integers(0, 64), st.binary(max_size=8))
+def test_a_chunk_framed_in_place_is_the_encoded_frame(
+    chunk: FileChunk, spare: int, stale: bytes
+) -> None:
+    """Framed in a (reused, so not blank) buffer around its data, a chunk is the
+    bytes encode_frame writes, and nothing of the buffer outside the frame moves."""
+    length = len(chunk.data)
+    size = CHUNK_HEAD_ROOM + length + CHUNK_TAIL_ROOM + spare
+    buffer = bytearray(((stale + b"\xff") * size)[:size])
+    buffer[CHUNK_HEAD_ROOM : CHUNK_HEAD_ROOM + length] = chunk.data
+    before = bytes(buffer)
+    frame = frame_chunk_in_place(buffer, chunk.transfer, chunk.offset, length)
+    assert frame.obj is buffer
+    assert bytes(frame) == encode_frame(chunk)
+    start = CHUNK_HEAD_ROOM + length + CHUNK_TAIL_ROOM - len(frame)
+    assert buffer[:start] == before[:start]
+    assert buffer[start + len(frame) :] == before[start + len(frame) :]
+
+
+def test_framing_a_chunk_in_a_buffer_too_small_is_refused() -> None:
+    buffer = bytearray(CHUNK_HEAD_ROOM + 10)
+    with pytest.raises(ValueError, match="no room"):
+        frame_chunk_in_place(buffer, uuid.uuid4(), 0, 10)
 
 
 @settings(max_examples=300)

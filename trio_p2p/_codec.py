@@ -51,6 +51,8 @@ from ._messages import (
 )
 
 __all__ = [
+    "CHUNK_HEAD_ROOM",
+    "CHUNK_TAIL_ROOM",
     "DIGEST_SIZE",
     "MAX_BEACON_SIZE",
     "MAX_FILE_NAME_BYTES",
@@ -63,6 +65,7 @@ __all__ = [
     "encode_beacon",
     "encode_data",
     "encode_frame",
+    "frame_chunk_in_place",
 ]
 
 #: Largest beacon datagram sent or accepted.
@@ -639,21 +642,51 @@ def _read_head(
     return int.from_bytes(data[position + 1 : position + 1 + size]), position + 1 + size
 
 
+#: Room left before a chunk's data for its frame's prefix and head, and after
+#: it for the tail, by :func:`frame_chunk_in_place`.
+CHUNK_HEAD_ROOM = 64
+CHUNK_TAIL_ROOM = len(_CHUNK_TAIL)
+
+
+def _chunk_head(transfer: uuid.UUID, offset: int, length: int) -> bytes:
+    """The length prefix and the CBOR up to the data of a chunk frame."""
+    head = (
+        _CHUNK_HEAD
+        + transfer.bytes
+        + _KEY_O
+        + _cbor_head(0, offset)
+        + _KEY_D
+        + _cbor_head(2, length)
+    )
+    return _HEADER.pack(len(head) + length + len(_CHUNK_TAIL)) + head
+
+
 def chunk_frame_parts(chunk: FileChunk) -> tuple[bytes, bytes, bytes]:
     """A chunk frame as (prefix and head, data, tail).
 
     Joined, they are the bytes of :func:`encode_frame`; apart, the data is not copied.
     """
-    head = (
-        _CHUNK_HEAD
-        + chunk.transfer.bytes
-        + _KEY_O
-        + _cbor_head(0, chunk.offset)
-        + _KEY_D
-        + _cbor_head(2, len(chunk.data))
-    )
-    size = len(head) + len(chunk.data) + len(_CHUNK_TAIL)
-    return _HEADER.pack(size) + head, chunk.data, _CHUNK_TAIL
+    return _chunk_head(chunk.transfer, chunk.offset, len(chunk.data)), chunk.data, _CHUNK_TAIL
+
+
+def frame_chunk_in_place(
+    buffer: bytearray, transfer: uuid.UUID, offset: int, length: int
+) -> memoryview:
+    """Frame the *length* bytes at ``buffer[CHUNK_HEAD_ROOM:]`` as a chunk, in place.
+
+    Writes the prefix and head just before the data and the tail just after it
+    (the buffer has :data:`CHUNK_HEAD_ROOM` and :data:`CHUNK_TAIL_ROOM` bytes of
+    room for them) and returns the whole frame, a view of *buffer*: the bytes of
+    :func:`encode_frame` for the same chunk, without copying the data.
+    """
+    head = _chunk_head(transfer, offset, length)
+    start = CHUNK_HEAD_ROOM - len(head)
+    end = CHUNK_HEAD_ROOM + length
+    if start < 0 or end + CHUNK_TAIL_ROOM > len(buffer):
+        raise ValueError(f"no room to frame {length} bytes in a {len(buffer)}-byte buffer")
+    buffer[start:CHUNK_HEAD_ROOM] = head
+    buffer[end : end + CHUNK_TAIL_ROOM] = _CHUNK_TAIL
+    return memoryview(buffer)[start : end + CHUNK_TAIL_ROOM]
 
 
 def _fast_chunk(buffer: bytearray, start: int, end: int) -> FileChunk | None:
