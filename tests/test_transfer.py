@@ -123,6 +123,50 @@ def test_the_sender_waits_for_confirmations_beyond_the_send_ahead() -> None:
     assert pair.out.next_chunk() == (SEND_AHEAD, MiB)
 
 
+@settings(max_examples=200)
+@given(
+    size=st.integers(0, 40 * MiB),
+    chunk_size=st.sampled_from([1, 1000, 256 * 1024, MiB, 3 * MiB]),
+    count=st.integers(1, 8),
+    confirmed=st.integers(0, 40 * MiB),
+    accepted=st.integers(0, 40 * MiB),
+)
+def test_next_chunks_are_the_steps_next_chunk_gives_one_by_one(
+    size: int, chunk_size: int, count: int, confirmed: int, accepted: int
+) -> None:
+    """A batch is what next_chunk would hand out if each piece were taken in turn:
+    consecutive, never past the file, never beyond the send-ahead window."""
+    pair = Pair.offer(size, chunk_size)
+    pair.accept(min(accepted, size))
+    out = pair.out
+    if out.sent < size:  # some bytes sent and (partly) confirmed
+        first = min(size, out.sent + 2 * chunk_size)
+        while (step := out.next_chunk()) is not None and step[0] < first:
+            out.take(*step)
+        out.on_confirm(FileConfirm(out.id, min(out.sent, out.start + confirmed)))
+    batch = out.next_chunks(count)
+    one_by_one = []
+    copy = attrs.evolve(out)
+    while len(one_by_one) < count and (step := copy.next_chunk()) is not None:
+        one_by_one.append(step)
+        copy.take(*step)
+    assert batch == one_by_one
+    for offset, length in batch:
+        out.take(offset, length)
+    assert out.sent == copy.sent
+
+
+def test_a_chunk_taken_out_of_turn_is_refused() -> None:
+    pair = Pair.offer(10 * MiB, MiB)
+    pair.accept()
+    with pytest.raises(ValueError, match="expected at 0"):
+        pair.out.take(MiB, MiB)
+    with pytest.raises(ValueError, match="does not fit"):
+        pair.out.take(0, MiB + 1)
+    pair.out.take(0, MiB)
+    assert pair.out.next_chunks(2) == [(MiB, MiB), (2 * MiB, MiB)]
+
+
 def test_a_resume_sends_only_the_rest() -> None:
     pair = Pair.offer(5000, 1000)
     pair.accept(3500)

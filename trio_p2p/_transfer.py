@@ -162,19 +162,38 @@ class OutgoingTransfer(_Transfer):
         None while not active, once every byte is sent, and while the sender is
         :data:`SEND_AHEAD` bytes ahead of the receiver's confirmation.
         """
-        if self.phase is not Phase.ACTIVE or self.sent >= self.size:
-            return None
-        if self.sent - self.confirmed >= SEND_AHEAD:
-            return None
-        return self.sent, min(self.chunk_size, self.size - self.sent)
+        pieces = self.next_chunks(1)
+        return pieces[0] if pieces else None
+
+    def next_chunks(self, count: int) -> list[tuple[int, int]]:
+        """Up to *count* of the next (offset, length) pieces to read and send.
+
+        Like :meth:`next_chunk` called *count* times with each piece sent in
+        between: consecutive, within :data:`SEND_AHEAD` of the confirmation.
+        """
+        pieces: list[tuple[int, int]] = []
+        if self.phase is not Phase.ACTIVE:
+            return pieces
+        position = self.sent
+        while len(pieces) < count and position < self.size:
+            if position - self.confirmed >= SEND_AHEAD:
+                break
+            length = min(self.chunk_size, self.size - position)
+            pieces.append((position, length))
+            position += length
+        return pieces
+
+    def take(self, offset: int, length: int) -> None:
+        """*length* bytes read at *offset* as :meth:`next_chunk` said are sent now."""
+        if self.phase is not Phase.ACTIVE or offset != self.sent:
+            raise ValueError(f"chunk at {offset}, expected at {self.sent} of an active transfer")
+        if not 0 < length <= min(self.chunk_size, self.size - offset):
+            raise ValueError(f"chunk of {length} bytes at {offset} does not fit")
+        self.sent += length
 
     def chunk(self, offset: int, data: bytes) -> FileChunk:
         """The frame for *data*, read at *offset* as :meth:`next_chunk` said."""
-        if self.phase is not Phase.ACTIVE or offset != self.sent:
-            raise ValueError(f"chunk at {offset}, expected at {self.sent} of an active transfer")
-        if not 0 < len(data) <= min(self.chunk_size, self.size - offset):
-            raise ValueError(f"chunk of {len(data)} bytes at {offset} does not fit")
-        self.sent += len(data)
+        self.take(offset, len(data))
         return FileChunk(self.id, offset, data)
 
     @property
