@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from trio_p2p._codec import FrameDecoder
-from trio_p2p._connection import LocalNode, PeerConnection, WriteNowait
+from trio_p2p._connection import LocalNode, PeerConnection, SendAll, WriteNowait
 from trio_p2p._events import Event
 
 LIMIT = 1 << 20
@@ -37,6 +37,7 @@ def make_side(
     interval: float = 1.0,
     timeout: float = 5.0,
     write_nowait: WriteNowait | None = None,
+    send_all: SendAll | None = None,
 ) -> Side:
     send, receive = trio.open_memory_channel[Event](event_buffer)
     conn = PeerConnection(
@@ -52,6 +53,7 @@ def make_side(
         heartbeat_interval=interval,
         heartbeat_timeout=timeout,
         write_nowait=write_nowait,
+        send_all=send_all,
     )
     return Side(conn, receive)
 

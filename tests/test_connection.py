@@ -23,8 +23,8 @@ from trio_p2p import (
     _connection,
 )
 from trio_p2p._codec import FrameDecoder, encode_data, encode_frame
-from trio_p2p._connection import QUEUE_LIMIT, receive_hello, send_frame
-from trio_p2p._messages import Goodbye, GoodbyeCode, Message, Ping
+from trio_p2p._connection import CHUNK_SLOTS, QUEUE_LIMIT, receive_hello, send_frame
+from trio_p2p._messages import Data, FileChunk, Goodbye, GoodbyeCode, Message, Ping
 
 from .conn_helpers import (
     LIMIT,
@@ -237,6 +237,80 @@ async def test_an_answer_carries_the_ack_of_the_question_in_one_write() -> None:
             assert a.conn.bytes_received == written[0]
             assert b.conn.frames_sent == 2  # the answer and the ack
             nursery.cancel_scope.cancel()
+
+
+class GatedWriter:
+    """A send_all that records each write and returns only when let through."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.writes: list[bytes] = []
+        self.gate = trio.Semaphore(0)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+        await self.gate.acquire()
+        await self.stream.send_all(data)
+
+
+def chunk_frame(index: int) -> memoryview:
+    return memoryview(
+        encode_frame(FileChunk(uuid.UUID(int=7), index * 1000, bytes([index]) * 1000))
+    )
+
+
+async def test_queued_chunks_are_written_whole_and_messages_go_between_them() -> None:
+    """Chunk frames go out in order, each whole and uncopied; a message queued
+    meanwhile waits only for the chunk being written, not for the others; each
+    chunk's event is set once it is written."""
+    with trio.fail_after(10):
+        sa, _sb = trio.testing.memory_stream_pair()
+        gated = GatedWriter(sa)
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, send_all=gated.send_all)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            frames = [chunk_frame(i) for i in range(3)]
+            events = [await a.conn.send_chunk(frame) for frame in frames]
+            await trio.testing.wait_all_tasks_blocked()
+            assert gated.writes == [bytes(frames[0])]  # the writer is in the first chunk
+            a.conn.send_nowait(Text("meanwhile"))
+            for done in range(1, 4):
+                gated.gate.release()
+                await trio.testing.wait_all_tasks_blocked()
+                assert [e.is_set() for e in events] == [True] * done + [False] * (3 - done)
+                gated.gate.release()  # lets the next write (the message, a chunk) through
+                await trio.testing.wait_all_tasks_blocked()
+            decoded = FrameDecoder(LIMIT).feed(b"".join(gated.writes))
+            kinds = [type(frame).__name__ for frame in decoded]
+            assert kinds == ["FileChunk", "Data", "FileChunk", "FileChunk"]
+            message = decoded[1]
+            assert isinstance(message, Data)
+            assert message.message.content == Text("meanwhile")
+            assert [f for f in decoded if isinstance(f, FileChunk)] == [
+                FileChunk(uuid.UUID(int=7), i * 1000, bytes([i]) * 1000) for i in range(3)
+            ]
+            assert a.conn.bytes_sent == sum(map(len, gated.writes))
+            nursery.cancel_scope.cancel()
+
+
+async def test_chunks_wait_for_a_slot_and_are_released_when_the_connection_ends() -> None:
+    with trio.fail_after(10):
+        sa, sb = trio.testing.memory_stream_pair()
+        gated = GatedWriter(sa)
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, send_all=gated.send_all)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            events = [await a.conn.send_chunk(chunk_frame(i)) for i in range(CHUNK_SLOTS)]
+            with trio.move_on_after(0.2) as waited:  # every slot is taken
+                await a.conn.send_chunk(chunk_frame(99))
+            assert waited.cancelled_caught
+            await sb.aclose()  # the peer goes away: the writer will never write them
+            a.conn._finish("test over")
+        assert all(event.is_set() for event in events)  # the buffers are free again
+        with pytest.raises(PeerNotConnectedError):
+            await a.conn.send_chunk(chunk_frame(0))
 
 
 async def test_oversized_message_is_refused_before_it_is_numbered() -> None:

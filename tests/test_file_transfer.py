@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import io
 import os
 import pathlib
 import signal
@@ -38,6 +39,7 @@ from trio_p2p import (
     TransferError,
     open_messenger,
 )
+from trio_p2p._codec import CHUNK_HEAD_ROOM
 from trio_p2p._files import PART_SUFFIX, SIDECAR_SUFFIX
 from trio_p2p._transfer import OutgoingTransfer
 
@@ -263,10 +265,13 @@ async def test_a_missing_file_is_a_transfer_error(
 async def test_a_corrupted_chunk_fails_verification_and_leaves_nothing(
     make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def corrupting_read(file: BinaryIO, length: int, hasher: blake3.blake3) -> bytes:
-        data = file.read(length)
-        hasher.update(data)  # the digest is of the real file...
-        return bytes([data[0] ^ 1]) + data[1:]  # ...but one bit differs on the wire
+    real_read = filetransfer._read_and_hash
+
+    def corrupting_read(
+        file: io.BufferedReader, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
+    ) -> None:
+        real_read(file, buffers, lengths, hasher)  # the digest is of the real file...
+        buffers[-1][CHUNK_HEAD_ROOM] ^= 1  # ...but one bit differs on the wire
 
     monkeypatch.setattr(filetransfer, "_read_and_hash", corrupting_read)
     with trio.fail_after(20):
@@ -554,12 +559,14 @@ async def test_a_sender_that_stops_sending_is_given_up(
     read = filetransfer._read_and_hash
     calls = 0
 
-    def stalling_read(file: BinaryIO, length: int, hasher: blake3.blake3) -> bytes:
+    def stalling_read(
+        file: io.BufferedReader, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
+    ) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             time.sleep(1.5)  # the sender's disk hangs before the first chunk
-        return read(file, length, hasher)
+        read(file, buffers, lengths, hasher)
 
     monkeypatch.setattr(filetransfer, "_read_and_hash", stalling_read)
     with trio.fail_after(20):

@@ -12,6 +12,7 @@ connection, closes a silent one).
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import typing
@@ -50,6 +51,8 @@ __all__ = [
     "LocalNode",
     "PeerConnection",
     "ReceiveInto",
+    "ReceiveNowait",
+    "SendAll",
     "WriteNowait",
     "receive_hello",
     "send_frame",
@@ -62,6 +65,10 @@ bad_input = RateLimitedWarnings(logger)
 WriteNowait = Callable[[bytearray], int]
 #: Receives into its argument and returns how many bytes it wrote there.
 ReceiveInto = Callable[[memoryview], Awaitable[int]]
+#: Receives into its argument what has arrived; raises BlockingIOError if nothing.
+ReceiveNowait = Callable[[memoryview], int]
+#: Writes all of its argument, waiting as needed.
+SendAll = Callable[[bytes | bytearray | memoryview], Awaitable[None]]
 
 #: The classes of FileFrame, for isinstance.
 _FILE_FRAMES = typing.get_args(FileFrame)
@@ -112,6 +119,9 @@ CATCH_UP_PER_EVENT = 0.5e-6
 CATCH_UP_LIMIT = 0.001
 #: How long a deliberate close waits for the goodbye to be written.
 CLOSE_TIMEOUT = 1.0
+#: File chunks queued for the writer at most (see ``send_chunk``): two batches
+#: of a sender's reads.
+CHUNK_SLOTS = 8
 
 
 @attrs.frozen
@@ -207,6 +217,13 @@ class PeerConnection:
             returns how many bytes it wrote there (0 at the end of the stream).
             When given, the reader receives straight into the frame decoder's
             buffer, which is reused, instead of into a new bytes object each time.
+        receive_nowait: like *receive_into*, but raises :exc:`BlockingIOError`
+            instead of waiting. When given with *receive_into*, the reader uses
+            it for the rest of a frame it has begun (a file chunk comes in
+            several receives), without a task switch for each.
+        send_all: writes all the given bytes to the same stream (by default the
+            stream's ``send_all``); one that switches tasks only when it must
+            wait saves many switches per file chunk.
     """
 
     def __init__(
@@ -225,10 +242,14 @@ class PeerConnection:
         heartbeat_timeout: float,
         write_nowait: WriteNowait | None = None,
         receive_into: ReceiveInto | None = None,
+        receive_nowait: ReceiveNowait | None = None,
+        send_all: SendAll | None = None,
     ) -> None:
         self.stream = stream
         self._write_nowait = write_nowait
         self._receive_into = receive_into
+        self._receive_nowait = receive_nowait if receive_into is not None else None
+        self._send_all: SendAll = send_all if send_all is not None else stream.send_all
         #: True while the writer task is inside ``send_all``
         self._writer_busy = False
         self.local = local
@@ -259,6 +280,9 @@ class PeerConnection:
         #: path then pays one attribute check)
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self._outgoing = bytearray()
+        #: file chunks to write (after what is in _outgoing when each is taken),
+        #: each with the event set once it is written or dropped
+        self._chunks: collections.deque[tuple[memoryview, trio.Event]] = collections.deque()
         self._writer_lot = trio.lowlevel.ParkingLot()
         #: woken when the writer takes the queued bytes
         self._drained_lot = trio.lowlevel.ParkingLot()
@@ -340,7 +364,7 @@ class PeerConnection:
         if self._debug:
             logger.debug("-> %s: message %d %s", self.peer.name, session.last_sent, message.id)
         outgoing = self._outgoing
-        idle = not outgoing and not self._writer_busy
+        idle = not outgoing and not self._writer_busy and not self._chunks
         outgoing += frame
         self.messages_sent += 1
         self.frames_sent += 1
@@ -450,6 +474,36 @@ class PeerConnection:
         self.send_frame_nowait(frame)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    async def send_chunk(self, frame: memoryview) -> trio.Event:
+        """Queue the bytes of a whole file-chunk frame, without copying them.
+
+        Waits while ``CHUNK_SLOTS`` chunks are queued. The writer writes a chunk
+        after the frames queued before it, and may write frames queued later
+        before it: queue what must follow the chunk (the transfer's end) only
+        once the chunk is written.
+
+        Returns:
+            An event set once the chunk is written, or will never be (the
+            connection ended): until then *frame* must not change.
+
+        Raises:
+            PeerNotConnectedError: the connection is closing or closed.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while self.is_open and len(self._chunks) >= CHUNK_SLOTS:
+            await self._drained_lot.park()
+        if not self.is_open:
+            raise PeerNotConnectedError(self.peer_id, self.reason or "the connection is closing")
+        if self._debug:
+            logger.debug("-> %s: a chunk frame of %d bytes", self.peer.name, len(frame))
+        written = trio.Event()
+        self._chunks.append((frame, written))
+        self.frames_sent += 1
+        if self._writer_lot:
+            self._writer_lot.unpark()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return written
+
     def _append(self, frame: Frame) -> None:
         if self._debug:
             logger.debug("-> %s: %r", self.peer.name, frame)
@@ -490,6 +544,9 @@ class PeerConnection:
             self._writer_lot.unpark_all()
             self._drained_lot.unpark_all()
             self._arrival_lot.unpark_all()
+            for _, written in self._chunks:  # never to be written
+                written.set()
+            self._chunks.clear()
             await trio.aclose_forcefully(self.stream)
             self._done.set()
         return self.reason
@@ -553,13 +610,17 @@ class PeerConnection:
             self._writer_lot.unpark()
 
     async def _write_loop(self) -> None:
-        stream = self.stream
+        send_all = self._send_all
+        chunks = self._chunks
         streaming = False
         while True:
             if not self._outgoing and not self._ack_wanted and not self._pong_wanted:
-                if self._closing:
+                if self._closing:  # (chunks still queued are dropped)
                     raise _Ended(f"closed by this node: {self._close_reason}")
-                await self._writer_lot.park()
+                if chunks:
+                    await self._write_chunk()
+                else:
+                    await self._writer_lot.park()
                 continue
             if not self._outgoing:
                 # Only an ack or a pong is due: give the application one turn to
@@ -580,11 +641,28 @@ class PeerConnection:
             data = self._take_output()
             self._writer_busy = True
             try:
-                await stream.send_all(data)
+                await send_all(data)
             finally:
                 self._writer_busy = False
             self.bytes_sent += len(data)
             streaming = bool(self._outgoing)
+            if chunks and not self._closing:
+                # One chunk, then whatever was queued meanwhile (messages do not
+                # wait behind a whole file).
+                await self._write_chunk()
+
+    async def _write_chunk(self) -> None:
+        frame, written = self._chunks[0]
+        self._last_sent = trio.current_time()
+        self._writer_busy = True
+        try:
+            await self._send_all(frame)
+        finally:
+            self._writer_busy = False
+        self._chunks.popleft()
+        written.set()
+        self.bytes_sent += len(frame)
+        self._drained_lot.unpark_all()
 
     async def _read_loop(self) -> None:
         if self._announce is not None:
@@ -603,12 +681,22 @@ class PeerConnection:
         decoder = self._decoder
         session = self.session
         receive_into = self._receive_into
+        receive_nowait = self._receive_nowait
         while True:
             # Ask for the rest of a large frame in one receive (a file chunk).
-            size = min(max(RECEIVE_SIZE, decoder.missing), MAX_RECEIVE_SIZE)
+            missing = decoder.missing
+            size = min(max(RECEIVE_SIZE, missing), MAX_RECEIVE_SIZE)
             if receive_into is not None:
                 with decoder.receive_buffer(size) as room:
-                    count = await receive_into(room)
+                    if missing and receive_nowait is not None:
+                        # The rest of a frame under way: no task switch unless it
+                        # must wait (a switch per frame at least, at its start).
+                        try:
+                            count = receive_nowait(room)
+                        except BlockingIOError:
+                            count = await receive_into(room)
+                    else:
+                        count = await receive_into(room)
             else:
                 data = await stream.receive_some(size)
                 count = len(data)

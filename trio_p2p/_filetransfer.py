@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import math
 import os
 import pathlib
@@ -26,12 +27,13 @@ import stat
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import attrs
 import blake3
 import trio
 
+from ._codec import CHUNK_HEAD_ROOM, CHUNK_TAIL_ROOM, frame_chunk_in_place
 from ._config import CHUNK_OVERHEAD, Config
 from ._connection import PeerConnection
 from ._errors import PeerNotConnectedError, ProtocolError, TransferError
@@ -52,6 +54,9 @@ from ._transfer import IncomingTransfer, OutgoingTransfer, Phase
 
 __all__ = ["FileService"]
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
 logger = get_logger("transfer")
 #: refusals of offers, which a peer can make as often as it offers
 refused = RateLimitedWarnings(logger)
@@ -61,6 +66,8 @@ refused = RateLimitedWarnings(logger)
 TOTAL_INCOMING_FACTOR = 4
 #: Chunks queued between a connection's reader and an incoming transfer's task.
 CHUNK_QUEUE = 4
+#: Chunks a sender reads (and hashes) in one call to a worker thread.
+SEND_BATCH = 4
 #: Progress events of one transfer are at least this many seconds apart...
 PROGRESS_INTERVAL = 0.1
 #: ...and this many bytes (or 1% of the file, if less).
@@ -74,10 +81,19 @@ def _ended(transfer: IncomingTransfer) -> bool:
     return transfer.done
 
 
-def _read_and_hash(file: BinaryIO, length: int, hasher: blake3.blake3) -> bytes:
-    data = file.read(length)
-    hasher.update(data)
-    return data
+def _read_and_hash(
+    file: io.BufferedReader, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
+) -> None:
+    """Read the next *lengths* bytes of *file* into the data room of *buffers*, and hash them."""
+    for buffer, length in zip(buffers, lengths, strict=False):
+        with memoryview(buffer) as whole, whole[CHUNK_HEAD_ROOM : CHUNK_HEAD_ROOM + length] as room:
+            done = 0
+            while done < length:
+                count = file.readinto(room[done:])
+                if not count:
+                    raise TransferError("the file became shorter while it was sent")
+                done += count
+            hasher.update(room)
 
 
 def _write_and_hash(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
@@ -91,7 +107,7 @@ def _describe(exc: OSError) -> str:
     return what if exc.filename is None else f"{what}: {exc.filename}"
 
 
-def _open_regular(path: pathlib.Path) -> BinaryIO:
+def _open_regular(path: pathlib.Path) -> io.BufferedReader:
     if not stat.S_ISREG(path.stat().st_mode):  # also keeps a FIFO from blocking the open
         raise TransferError(f"{path} is not a regular file")
     return open(path, "rb")
@@ -261,7 +277,11 @@ class FileService:
             file.close()
 
     async def _send(
-        self, conn: PeerConnection, transfer: OutgoingTransfer, record: Transfer, file: BinaryIO
+        self,
+        conn: PeerConnection,
+        transfer: OutgoingTransfer,
+        record: Transfer,
+        file: io.BufferedReader,
     ) -> Transfer:
         entry = _Outgoing(conn, transfer)
         self._outgoing[transfer.id] = entry
@@ -287,7 +307,9 @@ class FileService:
             del self._outgoing[transfer.id]
             conn.transfers.end(transfer.id)
 
-    async def _send_steps(self, entry: _Outgoing, record: Transfer, file: BinaryIO) -> Transfer:
+    async def _send_steps(
+        self, entry: _Outgoing, record: Transfer, file: io.BufferedReader
+    ) -> Transfer:
         conn, transfer = entry.conn, entry.transfer
         await self._send_frame(conn, conn.transfers.add(transfer))
         while transfer.phase is Phase.OFFERED:
@@ -299,21 +321,7 @@ class FileService:
         hasher = blake3.blake3()
         if transfer.start:
             await trio.to_thread.run_sync(hash_range, file, transfer.start, hasher)
-        while not transfer.all_sent:
-            self._check(transfer)
-            step = transfer.next_chunk()
-            if step is None:  # the receiver must confirm more first
-                await self._wait(entry)
-                progress.update(transfer.confirmed)
-                continue
-            offset, length = step
-            data = await trio.to_thread.run_sync(_read_and_hash, file, length, hasher)
-            if len(data) != length:
-                raise TransferError("the file became shorter while it was sent")
-            self._check(transfer)
-            await self._send_frame(conn, transfer.chunk(offset, data))
-            self._counters["file_bytes_sent"] += length
-            progress.update(transfer.confirmed)
+        await self._send_chunks(entry, file, hasher, progress)
         if await trio.to_thread.run_sync(file.read, 1):
             raise TransferError("the file became longer while it was sent")
         self._check(transfer)  # (cancelled meanwhile?)
@@ -330,16 +338,65 @@ class FileService:
         logger.info("sent %s to %s (%d bytes)", record.filename, conn.peer.name, record.size)
         return record
 
+    async def _send_chunks(
+        self, entry: _Outgoing, file: io.BufferedReader, hasher: blake3.blake3, progress: _Progress
+    ) -> None:
+        """Read, hash and send every chunk; return once the last one is written.
+
+        A worker thread reads (and hashes) a batch of chunks into one of two
+        sets of buffers while the connection writes the other set: a call to a
+        worker thread costs about as much as moving a chunk, and the chunks
+        are framed where they were read, never copied.
+        """
+        conn, transfer = entry.conn, entry.transfer
+        room = CHUNK_HEAD_ROOM + min(transfer.chunk_size, transfer.size) + CHUNK_TAIL_ROOM
+        sets: tuple[list[bytearray], list[bytearray]] = ([], [])
+        written: list[list[trio.Event]] = [[], []]
+        turn = 0
+        while not transfer.all_sent:
+            self._check(transfer)
+            steps = transfer.next_chunks(SEND_BATCH)
+            if not steps:  # the receiver must confirm more first
+                await self._wait(entry)
+                progress.update(transfer.confirmed)
+                continue
+            buffers = sets[turn]
+            await self._bounded(conn, self._all_written, written[turn])  # free to reuse
+            buffers.extend(bytearray(room) for _ in range(len(steps) - len(buffers)))
+            lengths = [length for _, length in steps]
+            await trio.to_thread.run_sync(_read_and_hash, file, buffers, lengths, hasher)
+            events = written[turn] = []
+            for buffer, (offset, length) in zip(buffers, steps, strict=False):
+                self._check(transfer)
+                transfer.take(offset, length)
+                frame = frame_chunk_in_place(buffer, transfer.id, offset, length)
+                events.append(await self._bounded(conn, conn.send_chunk, frame))
+                self._counters["file_bytes_sent"] += length
+            progress.update(transfer.confirmed)
+            turn ^= 1
+        for events in written:  # the end must follow the last chunk
+            await self._bounded(conn, self._all_written, events)
+
+    @staticmethod
+    async def _all_written(events: list[trio.Event]) -> None:
+        for event in events:
+            await event.wait()
+
     async def _send_frame(self, conn: PeerConnection, frame: FileFrame) -> None:
         """Queue *frame*, waiting (a bounded time) while the peer does not read."""
+        await self._bounded(conn, conn.send_frame, frame)
+
+    async def _bounded(
+        self, conn: PeerConnection, wait: Callable[[_T], Awaitable[_R]], argument: _T
+    ) -> _R:
+        """``await wait(argument)``, a wait on the peer's reading, for a bounded time."""
         idle = self.config.transfer_idle_timeout
         try:
-            with trio.move_on_after(idle) as scope:
-                await conn.send_frame(frame)
+            with trio.move_on_after(idle):
+                return await wait(argument)
         except PeerNotConnectedError:
             raise TransferError(f"the connection ended: {conn.reason or 'closing'}") from None
-        if scope.cancelled_caught:
-            raise TransferError(f"the receiver read nothing for {idle:g} s")
+        raise TransferError(f"the receiver read nothing for {idle:g} s")
 
     @staticmethod
     def _check(transfer: OutgoingTransfer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import ipaddress
 import os
 import pathlib
@@ -36,6 +35,7 @@ from ._events import (
 from ._filetransfer import FileService
 from ._log import RateLimitedWarnings, get_logger
 from ._messages import Beacon, BeaconKind, Frame, Goodbye, GoodbyeCode, Hello, Message, Text
+from ._socketio import SocketIO
 from ._stats import Statistics
 
 __all__ = ["Messenger", "open_messenger"]
@@ -735,6 +735,7 @@ class Messenger:
         pending: list[Frame],
     ) -> PeerConnection:
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        io = SocketIO(stream.socket)
         conn = PeerConnection(
             stream,
             local=self._local,
@@ -748,11 +749,13 @@ class Messenger:
             heartbeat_interval=self.config.heartbeat_interval,
             heartbeat_timeout=self.config.heartbeat_timeout,
             # An idle connection is written to directly by the sending task (no
-            # wake-up of the writer task): os.write on the socket is a send()
-            # without flags. Only while the connection is open, so the fd is ours.
-            write_nowait=functools.partial(os.write, stream.socket.fileno()),
-            # and the reader receives straight into its decoder's (reused) buffer
-            receive_into=stream.socket.recv_into,
+            # wake-up of the writer task); the reader receives straight into its
+            # decoder's (reused) buffer; both switch tasks only when they must
+            # wait. Only while the connection is open, so the fd is ours.
+            write_nowait=io.write_nowait,
+            receive_into=io.receive_into,
+            receive_nowait=io.receive_nowait,
+            send_all=io.send_all,
         )
         conn.files = self._files
         self._connections[hello.node_id] = conn
