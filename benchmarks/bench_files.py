@@ -36,6 +36,12 @@ import trio_p2p
 BLOCK = 1024 * 1024
 
 
+def wait_for_go() -> None:
+    """Tell the driver this sender is ready, and wait for its go (see warm_memory)."""
+    report(ready=True)
+    sys.stdin.readline()
+
+
 def config(discovery_port: int, folder: str) -> trio_p2p.Config:
     return trio_p2p.Config(
         discovery_port=discovery_port,
@@ -67,6 +73,7 @@ async def p2p_sender(port: int, discovery_port: int, path: str) -> None:
     with tempfile.TemporaryDirectory() as unused:
         async with trio_p2p.open_messenger("sender", config(discovery_port, unused)) as node:
             peer = await node.connect_to_peer(("127.0.0.1", port))
+            await trio.to_thread.run_sync(wait_for_go)
             base = peak_rss_mib()
             cpu = cpu_seconds()
             start = time.monotonic()
@@ -106,6 +113,7 @@ def raw_receiver(folder: str) -> None:
 
 
 def raw_sender(port: int, path: str) -> None:
+    wait_for_go()
     base = peak_rss_mib()
     cpu = cpu_seconds()
     start = time.monotonic()
@@ -121,15 +129,46 @@ def raw_sender(port: int, path: str) -> None:
 # ------------------------------------------------------------------ driver
 
 
-def run_pair(receiver: list[str], sender: list[str]) -> dict[str, float]:
+def warm_memory(folder: str, size: int) -> None:
+    """Write and delete *size* bytes in *folder*, just before a measured copy.
+
+    On a virtual machine whose host takes back the memory its guest frees
+    (free page reporting, as on the machines this was written on), the first
+    write to such memory costs far more than the copy itself, and memory freed
+    for more than a couple of seconds is taken back. Without this, the case
+    whose processes start slower (Python and its imports) writes its copy into
+    cold memory and the faster-starting one (socat) into the memory the last
+    copy just freed: a difference of 2x and more that has nothing to do with
+    either. Every case is warmed alike, outside the measured time. (This
+    narrows the spread, it does not remove it: memory freed while a copy runs
+    is taken back too, so the longer copy still pays more of it.)
+    """
+    path = os.path.join(folder, "warm")
+    zeros = bytes(BLOCK)
+    with open(path, "wb") as out:
+        for _ in range(size // BLOCK + 64):
+            out.write(zeros)
+    os.unlink(path)
+
+
+def run_pair(receiver: list[str], sender: list[str], folder: str, size: int) -> dict[str, float]:
     me = [sys.executable, os.path.abspath(__file__)]
     proc = subprocess.Popen([*me, *receiver], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     port = json.loads(proc.stdout.readline())["port"]
-    done = subprocess.run(
-        [*me, *sender, str(port)], capture_output=True, text=True, timeout=600, check=True
+    sending = subprocess.Popen(
+        [*me, *sender, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    sent = json.loads(done.stdout.splitlines()[-1])
+    assert sending.stdin is not None
+    assert sending.stdout is not None
+    assert json.loads(sending.stdout.readline()) == {"ready": True}
+    warm_memory(folder, size)
+    sending.stdin.write("go\n")
+    sending.stdin.flush()
+    output, _ = sending.communicate(timeout=600)
+    if sending.returncode:
+        raise subprocess.CalledProcessError(sending.returncode, sending.args, output)
+    sent = json.loads(output.splitlines()[-1])
     received = json.loads(proc.stdout.readline())
     proc.wait(timeout=60)
     proc.stdout.close()
@@ -142,7 +181,7 @@ def run_pair(receiver: list[str], sender: list[str]) -> dict[str, float]:
     }
 
 
-def socat_copy(path: str, folder: str) -> dict[str, float] | None:
+def socat_copy(path: str, folder: str, size: int) -> dict[str, float] | None:
     socat = shutil.which("socat")
     if socat is None:
         return None
@@ -159,6 +198,7 @@ def socat_copy(path: str, folder: str) -> dict[str, float] | None:
         ]
     )
     time.sleep(0.3)  # let it listen
+    warm_memory(folder, size)
     cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     subprocess.run(
@@ -199,14 +239,18 @@ def main() -> None:
                 folder = tempfile.mkdtemp(dir=work)
                 run: dict[str, float] | None
                 if name == "socat":
-                    run = socat_copy(str(source), folder)
+                    run = socat_copy(str(source), folder, size)
                 elif name == "raw":
-                    run = run_pair(["raw-receiver", folder], ["raw-sender", str(source)])
+                    run = run_pair(
+                        ["raw-receiver", folder], ["raw-sender", str(source)], folder, size
+                    )
                 else:
                     discovery = str(free_port(socket.SOCK_DGRAM))
                     run = run_pair(
                         ["p2p-receiver", discovery, folder],
                         ["p2p-sender", discovery, str(source)],
+                        folder,
+                        size,
                     )
                 if run is not None:
                     copies = [
