@@ -571,3 +571,68 @@ def test_receiving_into_the_decoders_own_buffer_decodes_the_same(
         got.extend(decoder.commit(filled))
     assert got == batch
     assert decoder.buffered == 0
+
+
+def large_chunk(index: int, size: int) -> FileChunk:
+    return FileChunk(uuid.UUID(int=index), index * size, bytes([index % 251]) * size)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(large_chunk, st.integers(0, 1000), st.sampled_from([300_000, 400_000])),
+            frames,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    st.data(),
+)
+def test_large_chunks_handed_over_in_their_buffers_decode_as_sent(
+    batch: list[Frame], data: st.DataObject
+) -> None:
+    """Received as the connection's reader does (at least 64 KiB asked, the
+    rest of a frame under way in one receive, however much comes), with every
+    handed-over buffer given back as soon as its chunk is checked (as the file
+    writer does once it is written): every frame decodes as sent."""
+    stream = b"".join(encode_frame(f) for f in batch)
+    decoder = FrameDecoder(LIMIT)
+    got = 0
+    position = 0
+    while position < len(stream):
+        asked = max(decoder.missing, 65536)
+        room = decoder.receive_buffer(asked)
+        filled = min(len(stream) - position, data.draw(st.integers(asked // 4, asked)))
+        room[:filled] = stream[position : position + filled]
+        room.release()
+        position += filled
+        for frame in decoder.commit(filled):
+            assert frame == batch[got]
+            got += 1
+            if isinstance(frame, FileChunk) and isinstance(frame.data, memoryview):
+                assert len(frame.data) >= 256 * 1024  # (a small one is copied)
+                decoder.recycle(frame.data)
+    assert got == len(batch)
+    assert decoder.buffered == 0
+
+
+def test_a_handed_over_chunk_keeps_its_data_until_given_back() -> None:
+    first, second = large_chunk(1, 300_000), large_chunk(2, 300_000)
+    decoder = FrameDecoder(LIMIT)
+    (got,) = decoder.feed(encode_frame(first))
+    assert isinstance(got, FileChunk)
+    assert isinstance(got.data, memoryview)
+    held = got.data.obj
+    # the next frame goes into another buffer: the first chunk's data stands
+    assert decoder.feed(encode_frame(second) + encode_frame(Ack(3))[:3]) == [second]
+    assert got == first
+    assert decoder.feed(encode_frame(Ack(3))[3:]) == [Ack(3)]
+    # once given back, its buffer is the next one the decoder receives into
+    decoder.recycle(got.data)
+    assert decoder.feed(encode_frame(large_chunk(3, 300_000))) == [large_chunk(3, 300_000)]
+    (fourth,) = decoder.feed(encode_frame(large_chunk(4, 300_000)))
+    assert isinstance(fourth, FileChunk)
+    assert isinstance(fourth.data, memoryview)
+    assert fourth.data.obj is held
+    assert fourth == large_chunk(4, 300_000)

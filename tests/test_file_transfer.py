@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import io
 import os
 import pathlib
 import signal
@@ -14,13 +13,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import BinaryIO
 
 import attrs
 import blake3
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 import trio_p2p._filetransfer as filetransfer
 from trio_p2p import (
@@ -47,6 +47,9 @@ from .conftest import ConfigFactory
 from .helpers import first_line, wait_for
 
 CHUNK = 64 * 1024
+Buffer = bytes | memoryview
+#: what _write_and_hash calls to give back a chunk's receive buffer
+Recycle = Callable[[Buffer], None]
 
 
 @asynccontextmanager
@@ -268,9 +271,9 @@ async def test_a_corrupted_chunk_fails_verification_and_leaves_nothing(
     real_read = filetransfer._read_and_hash
 
     def corrupting_read(
-        file: io.BufferedReader, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
+        fd: int, offset: int, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
     ) -> None:
-        real_read(file, buffers, lengths, hasher)  # the digest is of the real file...
+        real_read(fd, offset, buffers, lengths, hasher)  # the digest is of the real file...
         buffers[-1][CHUNK_HEAD_ROOM] ^= 1  # ...but one bit differs on the wire
 
     monkeypatch.setattr(filetransfer, "_read_and_hash", corrupting_read)
@@ -331,10 +334,12 @@ async def test_an_interrupted_transfer_resumes_where_it_stopped(
     slow = True
     write = filetransfer._write_and_hash
 
-    def slow_write(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+    def slow_write(
+        fd: int, offset: int, chunks: list[Buffer], hasher: blake3.blake3, recycle: Recycle
+    ) -> None:
         if slow:  # Bob's disk is slow the first time, so he leaves mid-transfer
             time.sleep(0.005)
-        write(file, chunks, hasher)
+        write(fd, offset, chunks, hasher, recycle)
 
     monkeypatch.setattr(filetransfer, "_write_and_hash", slow_write)
     with trio.fail_after(60):
@@ -382,9 +387,9 @@ RECEIVER_SCRIPT = textwrap.dedent(
 
     write = filetransfer._write_and_hash
 
-    def slow_write(file, chunks, hasher):  # a slow disk: killed long before the end
+    def slow_write(fd, offset, chunks, hasher, recycle):  # a slow disk: killed long before the end
         time.sleep(0.01)
-        write(file, chunks, hasher)
+        write(fd, offset, chunks, hasher, recycle)
 
     filetransfer._write_and_hash = slow_write
 
@@ -455,9 +460,11 @@ def slow_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every write of received chunks takes 5 ms more (transfers take a while)."""
     write = filetransfer._write_and_hash
 
-    def slow_write(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+    def slow_write(
+        fd: int, offset: int, chunks: list[Buffer], hasher: blake3.blake3, recycle: Recycle
+    ) -> None:
         time.sleep(0.005)
-        write(file, chunks, hasher)
+        write(fd, offset, chunks, hasher, recycle)
 
     monkeypatch.setattr(filetransfer, "_write_and_hash", slow_write)
 
@@ -533,12 +540,14 @@ async def test_a_full_disk_fails_the_transfer_on_both_ends(
     write = filetransfer._write_and_hash
     calls = 0
 
-    def filling_write(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+    def filling_write(
+        fd: int, offset: int, chunks: list[Buffer], hasher: blake3.blake3, recycle: Recycle
+    ) -> None:
         nonlocal calls
         calls += 1
         if calls > 1:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        write(file, chunks, hasher)
+        write(fd, offset, chunks, hasher, recycle)
 
     monkeypatch.setattr(filetransfer, "_write_and_hash", filling_write)
     with trio.fail_after(30):
@@ -560,13 +569,13 @@ async def test_a_sender_that_stops_sending_is_given_up(
     calls = 0
 
     def stalling_read(
-        file: io.BufferedReader, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
+        fd: int, offset: int, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
     ) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
             time.sleep(1.5)  # the sender's disk hangs before the first chunk
-        read(file, buffers, lengths, hasher)
+        read(fd, offset, buffers, lengths, hasher)
 
     monkeypatch.setattr(filetransfer, "_read_and_hash", stalling_read)
     with trio.fail_after(20):
@@ -585,7 +594,9 @@ async def test_a_sender_that_stops_sending_is_given_up(
 async def test_a_receiver_that_stops_answering_is_given_up(
     make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def stuck_write(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+    def stuck_write(
+        fd: int, offset: int, chunks: list[Buffer], hasher: blake3.blake3, recycle: Recycle
+    ) -> None:
         time.sleep(1.5)  # the receiver's disk hangs: no confirmation, no verdict
 
     monkeypatch.setattr(filetransfer, "_write_and_hash", stuck_write)
@@ -627,3 +638,34 @@ async def test_progress_is_throttled_by_time_and_by_bytes(
         assert (final.bytes_transferred, final.total_bytes) == (size, size)
         assert seen == [2 * 1024 * 1024, 4 * 1024 * 1024, 6 * 1024 * 1024]
         assert progress.final() is None  # 100% once
+
+
+@given(
+    st.lists(st.integers(1, 5000), min_size=1, max_size=5),
+    st.lists(st.integers(1, 7000), min_size=1, max_size=50),
+)
+def test_partial_vector_writes_are_resumed_where_they_stopped(
+    lengths: list[int], steps: list[int]
+) -> None:
+    """pwritev may write less than asked: _transfer_all goes on from there until
+    every byte of every buffer is at its place."""
+    views = [memoryview(bytes([i]) * length) for i, length in enumerate(lengths)]
+    target = bytearray(100 + sum(lengths))
+    plan = iter(steps)
+
+    def short_pwritev(fd: int, buffers: list[memoryview], offset: int) -> int:
+        data = b"".join(buffers)[: next(plan, len(target))]
+        target[offset : offset + len(data)] = data
+        return len(data)
+
+    filetransfer._transfer_all(short_pwritev, -1, views, 100, "")
+    assert target[100:] == b"".join(views)
+    assert target[:100] == bytes(100)
+
+
+def test_reading_past_the_end_of_a_shrunk_file_fails_the_transfer(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"x" * 1000)
+    buffers = [bytearray(CHUNK_HEAD_ROOM + 800 + 4), bytearray(CHUNK_HEAD_ROOM + 800 + 4)]
+    with open(path, "rb") as file, pytest.raises(TransferError, match="became shorter"):
+        filetransfer._read_and_hash(file.fileno(), 0, buffers, [800, 800], blake3.blake3())

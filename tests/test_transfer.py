@@ -145,7 +145,7 @@ def test_next_chunks_are_the_steps_next_chunk_gives_one_by_one(
             out.take(*step)
         out.on_confirm(FileConfirm(out.id, min(out.sent, out.start + confirmed)))
     batch = out.next_chunks(count)
-    one_by_one = []
+    one_by_one: list[tuple[int, int]] = []
     copy = attrs.evolve(out)
     while len(one_by_one) < count and (step := copy.next_chunk()) is not None:
         one_by_one.append(step)

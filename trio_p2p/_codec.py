@@ -10,6 +10,7 @@ nothing else.
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import struct
@@ -78,6 +79,11 @@ MAX_FILE_NAME_BYTES = 4096
 DIGEST_SIZE = 32
 #: Size of a decoder's buffer while frames are small (it grows for large ones).
 _SMALL_BUFFER = 64 * 1024
+#: A chunk frame at least this large is handed over in the buffer it was
+#: received into rather than copied out of it (see FrameDecoder.recycle).
+_HAND_OVER_MIN = 256 * 1024
+#: Buffers handed back that a decoder keeps for its next large frames.
+_SPARE_BUFFERS = 4
 #: Deepest nesting of CBOR containers accepted (our frames need 2).
 _MAX_DEPTH = 4
 _HEADER = struct.Struct(">I")
@@ -262,6 +268,9 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(int, _int)
     conv.register_structure_hook(float, _float)
     conv.register_structure_hook(bytes, _bytes)
+    # (a chunk's data: bytes from the wire; a view only from the fast path)
+    conv.register_structure_hook_func(lambda t: t == bytes | memoryview, _bytes)
+    conv.register_unstructure_hook_func(lambda t: t == bytes | memoryview, bytes)
     conv.register_structure_hook(bool, _bool)
     conv.register_structure_hook(uuid.UUID, _uuid)
     conv.register_unstructure_hook(uuid.UUID, lambda u: u.bytes)
@@ -479,10 +488,36 @@ class FrameDecoder:
         self._buffer = bytearray(_SMALL_BUFFER)
         self._length = 0
         self._senders: dict[bytes, uuid.UUID] = {}
+        #: buffers given back by recycle(), for the next large frames (a deque:
+        #: recycle may be called from another thread)
+        self._spare: collections.deque[bytearray] = collections.deque(maxlen=_SPARE_BUFFERS)
 
     def expect_sender(self, node_id: uuid.UUID) -> None:
         """Decode messages from *node_id* to this very UUID object (cheaper to check)."""
         self._senders[node_id.bytes] = node_id
+
+    def recycle(self, data: bytes | memoryview) -> None:
+        """Take back the buffer of a chunk's *data* once nothing will read it again.
+
+        A large chunk frame's data is a view of the buffer it was received
+        into, which the decoder hands over with the chunk (and replaces); given
+        back here once the chunk is written, it receives a later frame, with no
+        new allocation. Anything else is ignored. Safe to call from any thread.
+        """
+        if isinstance(data, memoryview) and type(data.obj) is bytearray:
+            self._spare.append(data.obj)
+
+    def _replace_buffer(self, keep: int) -> None:
+        """Receive into another buffer from now on, with the last *keep* bytes."""
+        old, available = self._buffer, self._length
+        try:
+            buffer = self._spare.pop()
+        except IndexError:
+            buffer = bytearray(len(old))
+        if len(buffer) < len(old):
+            buffer = bytearray(len(old))
+        buffer[:keep] = old[available - keep : available]
+        self._buffer = buffer
 
     @property
     def buffered(self) -> int:
@@ -570,9 +605,15 @@ class FrameDecoder:
                     frames.append(ack)
                     continue
             elif first == 0xA4 and end - start >= _FAST_CHUNK_MIN:
-                chunk = _fast_chunk(buffer, start, end)
+                # (a large chunk that ends the batch keeps its data where it is)
+                hand_over = end == position and end - start >= _HAND_OVER_MIN
+                chunk = _fast_chunk(buffer, start, end, view=hand_over)
                 if chunk is not None:
                     frames.append(chunk)
+                    if hand_over:
+                        self._replace_buffer(available - position)
+                        self._length = available - position
+                        return frames
                     continue
             if stream is None or decoder is None:
                 with memoryview(buffer) as view, view[:position] as batch:
@@ -591,8 +632,10 @@ class FrameDecoder:
             buffer[:rest] = buffer[position:available]
         elif len(buffer) > _SMALL_BUFFER and bounds[-1][1] - bounds[-1][0] < _SMALL_BUFFER:
             # Empty after small frames: give back the room a large frame needed
-            # (it stays while large frames keep coming, as in a file transfer).
+            # (it stays while large frames keep coming, as in a file transfer),
+            # and the spare buffers.
             self._buffer = bytearray(_SMALL_BUFFER)
+            self._spare.clear()
         self._length = rest
         return frames
 
@@ -661,7 +704,7 @@ def _chunk_head(transfer: uuid.UUID, offset: int, length: int) -> bytes:
     return _HEADER.pack(len(head) + length + len(_CHUNK_TAIL)) + head
 
 
-def chunk_frame_parts(chunk: FileChunk) -> tuple[bytes, bytes, bytes]:
+def chunk_frame_parts(chunk: FileChunk) -> tuple[bytes, bytes | memoryview, bytes]:
     """A chunk frame as (prefix and head, data, tail).
 
     Joined, they are the bytes of :func:`encode_frame`; apart, the data is not copied.
@@ -689,8 +732,10 @@ def frame_chunk_in_place(
     return memoryview(buffer)[start : end + CHUNK_TAIL_ROOM]
 
 
-def _fast_chunk(buffer: bytearray, start: int, end: int) -> FileChunk | None:
+def _fast_chunk(buffer: bytearray, start: int, end: int, *, view: bool = False) -> FileChunk | None:
     """The chunk frame at buffer[start:end], if laid out as encode_frame writes it.
+
+    Its data is a copy, or with *view* a view of *buffer*.
 
     None (for any other layout, or an invalid value) sends the frame down the
     generic path, which accepts or refuses it as for any frame.
@@ -712,7 +757,10 @@ def _fast_chunk(buffer: bytearray, start: int, end: int) -> FileChunk | None:
             or offset[0] > _MAX_SEQ
         ):
             return None  # the generic path says what is wrong, if anything
-        return FileChunk(_uuid(bytes(body[5:21])), offset[0], bytes(body[length[1] : data_end]))
+        transfer = _uuid(bytes(body[5:21]))
+        if not view:
+            return FileChunk(transfer, offset[0], bytes(body[length[1] : data_end]))
+    return FileChunk(transfer, offset[0], memoryview(buffer)[start + length[1] : start + data_end])
 
 
 #: Data frames, as encode_data lays them out: a map of 7 pairs, "t": "m" and the key "q"

@@ -474,6 +474,13 @@ class PeerConnection:
         self.send_frame_nowait(frame)
         await trio.lowlevel.cancel_shielded_checkpoint()
 
+    def recycle(self, data: bytes | memoryview) -> None:
+        """Give back the receive buffer of a chunk's *data*, once nothing reads it.
+
+        See :meth:`FrameDecoder.recycle`; safe to call from any thread.
+        """
+        self._decoder.recycle(data)
+
     async def send_chunk(self, frame: memoryview) -> trio.Event:
         """Queue the bytes of a whole file-chunk frame, without copying them.
 

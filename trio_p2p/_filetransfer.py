@@ -27,7 +27,7 @@ import stat
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import attrs
 import blake3
@@ -64,7 +64,9 @@ refused = RateLimitedWarnings(logger)
 #: Incoming transfers open at once from all peers together, at most this many
 #: times ``Config.max_incoming_transfers`` (each holds an open file).
 TOTAL_INCOMING_FACTOR = 4
-#: Chunks queued between a connection's reader and an incoming transfer's task.
+#: Chunks queued between a connection's reader and an incoming transfer's
+#: task; the task writes (and hashes) all that wait, up to this many, in one
+#: call to a worker thread (a call costs about as much as moving a chunk).
 CHUNK_QUEUE = 4
 #: Chunks a sender reads (and hashes) in one call to a worker thread.
 SEND_BATCH = 4
@@ -82,24 +84,58 @@ def _ended(transfer: IncomingTransfer) -> bool:
 
 
 def _read_and_hash(
-    file: io.BufferedReader, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
+    fd: int, offset: int, buffers: list[bytearray], lengths: list[int], hasher: blake3.blake3
 ) -> None:
-    """Read the next *lengths* bytes of *file* into the data room of *buffers*, and hash them."""
-    for buffer, length in zip(buffers, lengths, strict=False):
-        with memoryview(buffer) as whole, whole[CHUNK_HEAD_ROOM : CHUNK_HEAD_ROOM + length] as room:
-            done = 0
-            while done < length:
-                count = file.readinto(room[done:])
-                if not count:
-                    raise TransferError("the file became shorter while it was sent")
-                done += count
-            hasher.update(room)
+    """Read *lengths* bytes at *offset* into the data room of *buffers*, and hash them.
+
+    One system call for them all, as a rule (each call into the kernel from a
+    worker thread hands the GIL back and forth).
+    """
+    rooms = [
+        memoryview(buffer)[CHUNK_HEAD_ROOM : CHUNK_HEAD_ROOM + length]
+        for buffer, length in zip(buffers, lengths, strict=False)
+    ]
+    _transfer_all(os.preadv, fd, rooms, offset, "the file became shorter while it was sent")
+    for room in rooms:
+        hasher.update(room)
 
 
-def _write_and_hash(file: BinaryIO, chunks: list[bytes], hasher: blake3.blake3) -> None:
+def _write_and_hash(
+    fd: int,
+    offset: int,
+    chunks: list[bytes | memoryview],
+    hasher: blake3.blake3,
+    recycle: Callable[[bytes | memoryview], None],
+) -> None:
+    """Write *chunks* at *offset* (one system call, as a rule) and hash them."""
+    _transfer_all(os.pwritev, fd, [memoryview(data) for data in chunks], offset, "")
     for data in chunks:
-        file.write(data)
         hasher.update(data)
+        recycle(data)  # (its receive buffer is free again)
+
+
+def _transfer_all(
+    call: Callable[[int, list[memoryview], int], int],
+    fd: int,
+    views: list[memoryview],
+    offset: int,
+    short: str,
+) -> None:
+    """``preadv`` or ``pwritev`` until every byte of *views* is done.
+
+    Raises:
+        TransferError: with *short*, if the file ended first (reading).
+    """
+    while views:
+        count = call(fd, views, offset)
+        if not count:
+            raise TransferError(short or "the file cannot be written")
+        offset += count
+        while views and count >= len(views[0]):
+            count -= len(views[0])
+            views = views[1:]
+        if count:
+            views = [views[0][count:], *views[1:]]
 
 
 def _describe(exc: OSError) -> str:
@@ -322,7 +358,7 @@ class FileService:
         if transfer.start:
             await trio.to_thread.run_sync(hash_range, file, transfer.start, hasher)
         await self._send_chunks(entry, file, hasher, progress)
-        if await trio.to_thread.run_sync(file.read, 1):
+        if await trio.to_thread.run_sync(os.pread, file.fileno(), 1, transfer.size):
             raise TransferError("the file became longer while it was sent")
         self._check(transfer)  # (cancelled meanwhile?)
         await self._send_frame(conn, transfer.end(hasher.digest()))
@@ -364,7 +400,9 @@ class FileService:
             await self._bounded(conn, self._all_written, written[turn])  # free to reuse
             buffers.extend(bytearray(room) for _ in range(len(steps) - len(buffers)))
             lengths = [length for _, length in steps]
-            await trio.to_thread.run_sync(_read_and_hash, file, buffers, lengths, hasher)
+            await trio.to_thread.run_sync(
+                _read_and_hash, file.fileno(), steps[0][0], buffers, lengths, hasher
+            )
             events = written[turn] = []
             for buffer, (offset, length) in zip(buffers, steps, strict=False):
                 self._check(transfer)
@@ -630,6 +668,7 @@ class FileService:
         await self._send_event(FileTransferStarted(record))
         progress = work.progress = _Progress(self._offer_event, record)
         written = partial.offset
+        fd = partial.file.fileno()  # (written at explicit offsets: its position is unused)
         idle = self.config.transfer_idle_timeout
         while True:
             first: FileChunk | FileEnd | None = None
@@ -648,7 +687,9 @@ class FileService:
             chunks = [f.data for f in batch if isinstance(f, FileChunk)]
             if chunks:
                 try:
-                    await trio.to_thread.run_sync(_write_and_hash, partial.file, chunks, hasher)
+                    await trio.to_thread.run_sync(
+                        _write_and_hash, fd, written, chunks, hasher, conn.recycle
+                    )
                 except OSError as exc:
                     raise TransferError(f"cannot write the file: {_describe(exc)}") from None
                 size = sum(map(len, chunks))

@@ -238,12 +238,14 @@ class FileChunk:
         transfer: id of the transfer.
         offset: where *data* starts in the file: exactly where the previous chunk
             ended (or the accepted offset, for the first).
-        data: 1 to ``chunk_size`` bytes.
+        data: 1 to ``chunk_size`` bytes. A large chunk a connection receives
+            holds a view of the buffer it was received into (no copy), which
+            the connection reuses once the chunk is written to its file.
     """
 
     transfer: uuid.UUID
     offset: int
-    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
+    data: bytes | memoryview = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
 
 
 @attrs.frozen
