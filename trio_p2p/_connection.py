@@ -224,6 +224,16 @@ class PeerConnection:
         send_all: writes all the given bytes to the same stream (by default the
             stream's ``send_all``); one that switches tasks only when it must
             wait saves many switches per file chunk.
+        session: a session with this peer process to carry on (by default a new
+            one); it must belong to the hello's node id and nonce.
+        resume_from: with *session*, the last message the peer delivered, as
+            its hello on this connection says: the unacknowledged messages after
+            it are written first, in order, before anything sent from now on.
+
+    Raises:
+        ValueError: *session* belongs to another peer or process.
+        ProtocolError: *resume_from* does not fit the session (see
+            :meth:`Session.resume`).
     """
 
     def __init__(
@@ -244,6 +254,8 @@ class PeerConnection:
         receive_into: ReceiveInto | None = None,
         receive_nowait: ReceiveNowait | None = None,
         send_all: SendAll | None = None,
+        session: Session | None = None,
+        resume_from: int | None = None,
     ) -> None:
         self.stream = stream
         self._write_nowait = write_nowait
@@ -262,7 +274,11 @@ class PeerConnection:
             port=hello.port,
             last_seen=trio.current_time(),
         )
-        self.session = Session(hello.node_id, hello.session, send_window)
+        if session is None:
+            session = Session(hello.node_id, hello.session, send_window)
+        elif session.peer_id != hello.node_id or session.peer_nonce != hello.session:
+            raise ValueError("the session belongs to another peer or process")
+        self.session = session
         self._decoder = decoder
         decoder.max_frame_size = local.max_frame_size  # the handshake used a small limit
         decoder.expect_sender(hello.node_id)
@@ -318,6 +334,13 @@ class PeerConnection:
         self.messages_sent = 0
         self.messages_received = 0
         self.messages_acknowledged = 0
+        if resume_from is not None:
+            in_flight = session.in_flight
+            again = session.resume(resume_from)
+            self.messages_acknowledged += in_flight - len(again)
+            for seq, message in again:
+                self._outgoing += encode_data(seq, message)
+                self.frames_sent += 1
 
     # ------------------------------------------------------------ sending
 
@@ -769,6 +792,10 @@ class PeerConnection:
                 self._reader_blocked = True
                 try:
                     await self._events.send(event)
+                    # Delivered: recorded at once (a cancel during the catch-up
+                    # below must not let a resumed session deliver it again).
+                    session.received(frame.seq)
+                    self.messages_received += 1
                     # Let the application catch up before delivering more: waking this
                     # reader for every event it takes nearly doubles the cost of each.
                     capacity = self._events.statistics().max_buffer_size
@@ -777,8 +804,9 @@ class PeerConnection:
                 finally:
                     self._reader_blocked = False
                     self._last_received = trio.current_time()
-            session.received(frame.seq)
-            self.messages_received += 1
+            else:
+                session.received(frame.seq)
+                self.messages_received += 1
         elif type(frame) is Ack:
             settled = self.session.acknowledge(frame.seq)
             if settled:

@@ -3,8 +3,8 @@
 A session is what two nodes share between their handshake and its end: both
 node ids, both per-process session nonces, the numbers of the messages each
 has sent, and the messages not yet acknowledged. It does no I/O, so the
-connection can end and (in a later step) a new one can resume the same
-session.
+connection can end and a new one can resume the same session
+(:meth:`Session.resume`).
 """
 
 from __future__ import annotations
@@ -94,6 +94,34 @@ class Session:
             self.last_ack_sent = self.last_received
             return self.last_received
         return None
+
+    def resume(self, peer_received: int) -> list[tuple[int, Message]]:
+        """Carry the session over to a new connection.
+
+        Each side's hello on the new connection says the number of the last
+        message it delivered to its application: what the peer delivered is
+        settled (as by an acknowledgement), and what this side delivered the
+        peer now knows (as if acknowledged).
+
+        Args:
+            peer_received: the last message the peer delivered, from its hello.
+
+        Returns:
+            The messages to send again, numbered and in order: every one the
+            peer has not delivered.
+
+        Raises:
+            ProtocolError: *peer_received* is below what the peer acknowledged
+                before, or above what was ever sent.
+        """
+        if not self.last_acked <= peer_received <= self.last_sent:
+            raise ProtocolError(
+                f"the peer resumes after message {peer_received}, but it acknowledged "
+                f"{self.last_acked} and {self.last_sent} were sent"
+            )
+        self.acknowledge(peer_received)
+        self.last_ack_sent = self.last_received
+        return list(self._unacked)
 
     def unacknowledged(self) -> tuple[Message, ...]:
         """The messages the peer has not acknowledged, in the order sent."""
