@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 from hypothesis import strategies as st
 
 from trio_p2p._codec import check_name
@@ -58,20 +59,31 @@ def messages_with(texts: st.SearchStrategy[str]) -> st.SearchStrategy[Message]:
 
 messages = messages_with(st.text(max_size=200))
 
+
+def _resuming(hello: Hello, resume: tuple[bytes, int] | None) -> Hello:
+    if resume is None:
+        return hello
+    return attrs.evolve(hello, resumes=resume[0], received=resume[1])
+
+
 hellos = st.builds(
-    Hello,
-    version=st.just(PROTOCOL_VERSION),
-    node_id=st.uuids(),
-    session=st.binary(min_size=16, max_size=16),
-    name=names,
-    port=ports,
-    max_frame_size=st.integers(1024, 2**32 - 1),
-    capabilities=st.lists(
-        st.text(
-            alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=32
-        ),
-        max_size=16,
-    ).map(tuple),
+    _resuming,
+    st.builds(
+        Hello,
+        version=st.just(PROTOCOL_VERSION),
+        node_id=st.uuids(),
+        session=st.binary(min_size=16, max_size=16),
+        name=names,
+        port=ports,
+        max_frame_size=st.integers(1024, 2**32 - 1),
+        capabilities=st.lists(
+            st.text(
+                alphabet=st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=32
+            ),
+            max_size=16,
+        ).map(tuple),
+    ),
+    st.none() | st.tuples(st.binary(min_size=16, max_size=16), st.integers(0, 2**63 - 1)),
 )
 
 transfer_ids = st.uuids()

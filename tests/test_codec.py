@@ -360,10 +360,29 @@ def test_the_largest_valid_hello_fits_the_hello_limit() -> None:
         65535,
         2**32 - 1,
         tuple("c" * 32 for _ in range(16)),
+        resumes=b"r" * 16,
+        received=2**63 - 1,
     )
     assert len(encode_frame(hello)) - 4 <= HELLO_LIMIT
     with pytest.raises(ProtocolError, match="capabilities"):
         decode_frame(encode_frame(attrs.evolve(hello, capabilities=("x" * 33,)))[4:])
+
+
+@pytest.mark.parametrize(
+    ("resumes", "received", "match"),
+    [
+        (b"r" * 15, 1, "resumes must be 16 bytes"),
+        (None, 3, "resumes no session"),
+        (b"r" * 16, 2**63, "sequence number out of range"),
+    ],
+)
+def test_invalid_resume_fields_of_a_hello_are_protocol_errors(
+    resumes: bytes | None, received: int, match: str
+) -> None:
+    hello = Hello(PROTOCOL_VERSION, uuid.uuid4(), b"s" * 16, "A", 1, 4096)
+    bad = attrs.evolve(hello, resumes=resumes, received=received)
+    with pytest.raises(ProtocolError, match=match):
+        decode_frame(encode_frame(bad)[4:])
 
 
 big_chunks = st.builds(

@@ -56,6 +56,16 @@ VALUES: dict[str, Frame | Beacon] = {
         port=6969,
         max_frame_size=8388608,
     ),
+    "hello-resume": Hello(
+        version=1,
+        node_id=ALICE,
+        session=bytes(range(16)),
+        name="Alice",
+        port=6969,
+        max_frame_size=8388608,
+        resumes=bytes(range(16, 32)),
+        received=41,
+    ),
     "hello-capabilities": Hello(
         version=1,
         node_id=BOB,

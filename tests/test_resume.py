@@ -35,7 +35,7 @@ def connect(
     resume_from: int,
     events: trio.MemorySendChannel[Event],
 ) -> PeerConnection:
-    return PeerConnection(
+    conn = PeerConnection(
         stream,
         local=local,
         hello=remote.hello(),
@@ -48,8 +48,9 @@ def connect(
         heartbeat_interval=1.0,
         heartbeat_timeout=5.0,
         session=session,
-        resume_from=resume_from,
     )
+    conn.resume(resume_from)
+    return conn
 
 
 def message(i: int, sender: LocalNode | None = None) -> Message:

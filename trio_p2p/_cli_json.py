@@ -99,10 +99,15 @@ def event_to_json(event: Event) -> dict[str, Any]:
             return {"event": "peer_discovered", "peer": _peer(peer)}
         case PeerLost(peer=peer):
             return {"event": "peer_lost", "peer": _peer(peer)}
-        case PeerConnected(peer=peer):
-            return {"event": "peer_connected", "peer": _peer(peer)}
-        case PeerDisconnected(peer=peer, reason=reason):
-            return {"event": "peer_disconnected", "peer": _peer(peer), "reason": reason}
+        case PeerConnected(peer=peer, resumed=resumed):
+            return {"event": "peer_connected", "peer": _peer(peer), "resumed": resumed}
+        case PeerDisconnected(peer=peer, reason=reason, resuming=resuming):
+            return {
+                "event": "peer_disconnected",
+                "peer": _peer(peer),
+                "reason": reason,
+                "resuming": resuming,
+            }
         case MessageReceived(message=message):
             return {"event": "message_received", "message": _message(message)}
         case DeliveryFailed(peer=peer, messages=messages, reason=reason):
@@ -169,10 +174,12 @@ def _sentence(event: Event) -> str:
             return f"found {p.name} ({p.id}) at {p.address}:{p.port}"
         case PeerLost(peer=p):
             return f"lost {p.name} ({p.id})"
-        case PeerConnected(peer=p):
-            return f"connected to {p.name} ({p.id}) at {p.address}:{p.port}"
-        case PeerDisconnected(peer=p, reason=reason):
-            return f"disconnected from {p.name}: {reason}"
+        case PeerConnected(peer=p, resumed=carried_on):
+            again = ", the session carries on" if carried_on else ""
+            return f"connected to {p.name} ({p.id}) at {p.address}:{p.port}{again}"
+        case PeerDisconnected(peer=p, reason=reason, resuming=resuming):
+            waiting = " (waiting for it to come back)" if resuming else ""
+            return f"disconnected from {p.name}: {reason}{waiting}"
         case MessageReceived(message=m):
             text = m.content.text if isinstance(m.content, Text) else repr(m.content)
             return f"{m.sender_name}: {text}"

@@ -288,6 +288,8 @@ def _make_converter() -> cattrs.Converter:
             "port": "p",
             "max_frame_size": "x",
             "capabilities": "c",
+            "resumes": "rs",
+            "received": "rq",
         },
         Ack: {"seq": "q"},
         Goodbye: {"code": "c", "reason": "r"},
@@ -309,8 +311,13 @@ def _make_converter() -> cattrs.Converter:
         FileVerdict: {"transfer": "id", "verified": "ok", "reason": "r"},
         FileCancel: {"transfer": "id", "reason": "r"},
     }
+    #: fields left out of a frame while they hold their default
+    omitted = {(Hello, "resumes"), (Hello, "received")}
     for cls, names in renames.items():
-        overrides = {field: override(rename=key) for field, key in names.items()}
+        overrides = {
+            field: override(rename=key, omit_if_default=(cls, field) in omitted)
+            for field, key in names.items()
+        }
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **overrides))  # type: ignore[arg-type]
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **overrides))  # type: ignore[arg-type]
     return conv
@@ -333,6 +340,11 @@ def _validate_hello(hello: Hello) -> None:
         0 < len(c) <= 32 and c.isascii() and c.isprintable() for c in capabilities
     ):
         raise ValueError("at most 16 capabilities, each 1 to 32 printable ASCII characters")
+    if hello.resumes is not None and len(hello.resumes) != 16:
+        raise ValueError("the session nonce a hello resumes must be 16 bytes")
+    if hello.resumes is None and hello.received:
+        raise ValueError("a hello that resumes no session has received nothing in it")
+    _check_seq(hello.received)
 
 
 def _validate_ack(ack: Ack) -> None:

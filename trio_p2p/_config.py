@@ -79,6 +79,10 @@ class Config:
             Each connection may buffer up to this much of an incomplete frame, so
             ``max_connections`` times this bounds that memory.
         send_window: messages sent to one peer and not yet acknowledged, at most.
+        resume_timeout: seconds the session of a connection that broke (no
+            goodbye: a dropped link, a silent peer) waits for the peer to come
+            back over a new connection; the node with the smaller id dials it
+            again meanwhile. 0 ends the session with its connection.
         event_buffer: capacity of the event channel.
         shutdown_grace: seconds leaving ``open_messenger`` waits for unacknowledged
             messages to be acknowledged before closing the connections (which then
@@ -123,6 +127,7 @@ class Config:
     heartbeat_timeout: float = attrs.field(default=5.0, validator=_positive)
     max_frame_size: int = attrs.field(default=2 * 1024 * 1024, validator=_at_least_one)
     send_window: int = attrs.field(default=4096, validator=_at_least_one)
+    resume_timeout: float = attrs.field(default=30.0, validator=attrs.validators.ge(0))
     event_buffer: int = attrs.field(default=1024, validator=_at_least_one)
     shutdown_grace: float = attrs.field(default=0.25, validator=attrs.validators.ge(0))
     chunk_size: int = attrs.field(default=1024 * 1024, validator=_at_least_one)

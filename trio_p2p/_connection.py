@@ -142,8 +142,8 @@ class LocalNode:
     port: int
     max_frame_size: int
 
-    def hello(self) -> Hello:
-        """The hello this node sends."""
+    def hello(self, resume: Session | None = None) -> Hello:
+        """The hello this node sends; with *resume*, offering to carry that session on."""
         return Hello(
             version=PROTOCOL_VERSION,
             node_id=self.node_id,
@@ -151,11 +151,21 @@ class LocalNode:
             name=self.name,
             port=self.port,
             max_frame_size=self.max_frame_size,
+            resumes=None if resume is None else resume.peer_nonce,
+            received=0 if resume is None else resume.last_received,
         )
 
 
 class _Ended(Exception):
-    """Internal: the connection ends, for the reason given."""
+    """Internal: the connection ends, for the reason given.
+
+    *resumable* if it broke (no goodbye, no decision of either side): its
+    session may carry on over a new connection.
+    """
+
+    def __init__(self, reason: str, *, resumable: bool = False) -> None:
+        super().__init__(reason)
+        self.resumable = resumable
 
 
 async def send_frame(stream: trio.abc.Stream, frame: Frame) -> None:
@@ -225,15 +235,11 @@ class PeerConnection:
             stream's ``send_all``); one that switches tasks only when it must
             wait saves many switches per file chunk.
         session: a session with this peer process to carry on (by default a new
-            one); it must belong to the hello's node id and nonce.
-        resume_from: with *session*, the last message the peer delivered, as
-            its hello on this connection says: the unacknowledged messages after
-            it are written first, in order, before anything sent from now on.
+            one); it must belong to the hello's node id and nonce. See
+            :meth:`resume`.
 
     Raises:
         ValueError: *session* belongs to another peer or process.
-        ProtocolError: *resume_from* does not fit the session (see
-            :meth:`Session.resume`).
     """
 
     def __init__(
@@ -255,7 +261,6 @@ class PeerConnection:
         receive_nowait: ReceiveNowait | None = None,
         send_all: SendAll | None = None,
         session: Session | None = None,
-        resume_from: int | None = None,
     ) -> None:
         self.stream = stream
         self._write_nowait = write_nowait
@@ -324,6 +329,11 @@ class PeerConnection:
         self._last_sent = trio.current_time()
         #: why the connection ended (None while it runs)
         self.reason: str | None = None
+        #: whether it broke (rather than being closed by either side): its
+        #: session may carry on over a new connection
+        self.resumable = False
+        #: whether it carries on a session of an earlier connection (see resume)
+        self.resumed = False
         #: the goodbye code of a protocol failure, for statistics
         self.failure: str | None = None
         # counters (names as in Statistics)
@@ -334,13 +344,26 @@ class PeerConnection:
         self.messages_sent = 0
         self.messages_received = 0
         self.messages_acknowledged = 0
-        if resume_from is not None:
-            in_flight = session.in_flight
-            again = session.resume(resume_from)
-            self.messages_acknowledged += in_flight - len(again)
-            for seq, message in again:
-                self._outgoing += encode_data(seq, message)
-                self.frames_sent += 1
+
+    def resume(self, peer_received: int) -> None:
+        """Carry the session on: the peer's hello says it delivered up to *peer_received*.
+
+        Queues the unacknowledged messages after it, in order, behind what is
+        queued already (this side's hello, for an acceptor) and before anything
+        sent from now on. Call before :meth:`run`.
+
+        Raises:
+            ProtocolError: *peer_received* does not fit the session (see
+                :meth:`Session.resume`).
+        """
+        session = self.session
+        in_flight = session.in_flight
+        again = session.resume(peer_received)
+        self.messages_acknowledged += in_flight - len(again)
+        for seq, message in again:
+            self._outgoing += encode_data(seq, message)
+            self.frames_sent += 1
+        self.resumed = True
 
     # ------------------------------------------------------------ sending
 
@@ -581,9 +604,10 @@ class PeerConnection:
             self._done.set()
         return self.reason
 
-    def _finish(self, reason: str) -> None:
+    def _finish(self, reason: str, *, resumable: bool = False) -> None:
         if self.reason is None:
             self.reason = reason
+            self.resumable = resumable
         self._scope.cancel()
 
     async def probe(self) -> bool:
@@ -618,17 +642,19 @@ class PeerConnection:
         try:
             await loop()
         except _Ended as exc:
-            self._finish(str(exc))
+            self._finish(str(exc), resumable=exc.resumable)
         except ProtocolError as exc:
             bad_input.warning(
                 "protocol error from %s (%s): %s", self.peer.name, self.peer.address, exc
             )
             self.failure = "protocol"
             self._finish(f"protocol error: {exc}")
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        except trio.BrokenResourceError as exc:
+            self._finish(f"connection lost: {exc or type(exc).__name__}", resumable=True)
+        except trio.ClosedResourceError as exc:
             self._finish(f"connection lost: {exc or type(exc).__name__}")
         except OSError as exc:
-            self._finish(f"connection lost: {exc.strerror or exc}")
+            self._finish(f"connection lost: {exc.strerror or exc}", resumable=True)
 
     # ------------------------------------------------------------ tasks
 
@@ -732,7 +758,7 @@ class PeerConnection:
                 count = len(data)
             if not count:
                 detail = " in the middle of a frame" if decoder.buffered else ""
-                raise _Ended(f"the peer closed the connection{detail}")
+                raise _Ended(f"the peer closed the connection{detail}", resumable=True)
             self._last_received = trio.current_time()
             self.bytes_received += count
             if self._arrival_lot:
@@ -844,7 +870,9 @@ class PeerConnection:
             if self._reader_blocked:
                 self._last_received = now
             if now - self._last_received >= timeout:
-                raise _Ended(f"nothing received for {timeout:g} s (heartbeat timeout)")
+                raise _Ended(
+                    f"nothing received for {timeout:g} s (heartbeat timeout)", resumable=True
+                )
             if now - self._last_sent >= interval and not self._outgoing:
                 self._queue(Ping())
                 self._last_sent = now

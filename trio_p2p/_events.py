@@ -86,9 +86,13 @@ class PeerConnected:
 
     Attributes:
         peer: the peer.
+        resumed: the connection carries on the session of a connection that
+            broke (its :class:`PeerDisconnected` said ``resuming``): messages
+            continue exactly once and in order, nothing was lost.
     """
 
     peer: PeerInfo
+    resumed: bool = False
 
 
 @attrs.frozen
@@ -98,10 +102,16 @@ class PeerDisconnected:
     Attributes:
         peer: the peer.
         reason: why, in words a person can read.
+        resuming: the connection broke and its session waits for the peer to
+            come back (``Config.resume_timeout``): messages sent meanwhile wait
+            in it, and a :class:`PeerConnected` with ``resumed`` follows if the
+            peer comes back, or a :class:`DeliveryFailed` for what it never
+            acknowledged if it does not.
     """
 
     peer: PeerInfo
     reason: str
+    resuming: bool = False
 
 
 @attrs.frozen

@@ -105,6 +105,10 @@ class Hello:
         port: the TCP port the sender listens on.
         max_frame_size: largest frame the sender accepts.
         capabilities: optional protocol features the sender supports.
+        resumes: to carry on a session after a broken connection, the session
+            nonce of the peer it was with (None for a new session).
+        received: with *resumes*, the number of the last message of that
+            session the sender delivered to its application.
     """
 
     version: int
@@ -114,6 +118,8 @@ class Hello:
     port: int
     max_frame_size: int
     capabilities: tuple[str, ...] = ()
+    resumes: bytes | None = None
+    received: int = 0
 
 
 @attrs.define

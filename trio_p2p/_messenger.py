@@ -7,7 +7,9 @@ import errno
 import ipaddress
 import os
 import pathlib
+import random
 import socket
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,11 +18,11 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from ._codec import FrameDecoder, check_name
+from ._codec import FrameDecoder, MessageIds, check_name, encode_data
 from ._config import Config
 from ._connection import HELLO_LIMIT, LocalNode, PeerConnection, receive_hello, send_frame
 from ._discovery import Discovery, PeerTable, open_discovery_socket
-from ._errors import HandshakeError, PeerNotConnectedError, ProtocolError
+from ._errors import DeliveryError, HandshakeError, PeerNotConnectedError, ProtocolError
 from ._events import (
     DeliveryFailed,
     Error,
@@ -34,7 +36,18 @@ from ._events import (
 )
 from ._filetransfer import FileService
 from ._log import RateLimitedWarnings, get_logger
-from ._messages import Beacon, BeaconKind, Frame, Goodbye, GoodbyeCode, Hello, Message, Text
+from ._messages import (
+    Beacon,
+    BeaconKind,
+    Content,
+    Frame,
+    Goodbye,
+    GoodbyeCode,
+    Hello,
+    Message,
+    Text,
+)
+from ._session import Session
 from ._socketio import SocketIO
 from ._stats import Statistics
 
@@ -47,6 +60,32 @@ bad_input = RateLimitedWarnings(logger)
 #: (after ``Config.shutdown_grace``); connections still open then are cancelled,
 #: and their end is still reported.
 CLOSE_PHASE = 0.5
+#: The node that dials a broken session's peer again waits this long after its
+#: first failed attempt, twice as long after each next one, at most
+#: REDIAL_LONGEST, each wait drawn between half and one and a half times that.
+REDIAL_FIRST = 0.1
+REDIAL_LONGEST = 2.0
+#: why a parked session ends when its peer connects without carrying it on
+_NOT_RESUMED = "the peer came back without the session (restarted, or it gave the session up)"
+
+
+@attrs.define(eq=False)
+class _Parked:
+    """The session of a connection that broke, waiting for its peer to come back."""
+
+    session: Session
+    #: the peer as last connected (the address to dial, unless discovery has a newer one)
+    peer: PeerInfo
+    #: largest frame body the peer accepts (for messages sent meanwhile)
+    max_body: int
+    #: why the connection broke
+    reason: str
+    #: when the session ends if the peer has not come back (Trio clock)
+    deadline: float
+    #: set once it is carried on or ended
+    settled: trio.Event = attrs.field(factory=trio.Event)
+    #: why it ended, once it did without being carried on
+    ended: str | None = None
 
 
 class _Outlet:
@@ -212,6 +251,10 @@ class Messenger:
         self._drops: Counter[str] = Counter()
         self._outlet = _Outlet(self._event_send, self._counters)
         self._connections: dict[uuid.UUID, PeerConnection] = {}
+        #: sessions of broken connections, waiting for their peers to come back
+        self._parked: dict[uuid.UUID, _Parked] = {}
+        #: ids of the messages sent while a session is parked
+        self._parked_ids = MessageIds()
         self._dialing: set[uuid.UUID] = set()
         #: node ids whose incoming handshake is replacing a connection right now
         self._admitting: set[uuid.UUID] = set()
@@ -360,13 +403,23 @@ class Messenger:
         :class:`~trio_p2p.PeerDisconnected` event (and a
         :class:`~trio_p2p.DeliveryFailed` for what was not acknowledged) follows
         on the event channel. It does not wait for them to be placed there, so it
-        is safe to call from the task that reads the events.
+        is safe to call from the task that reads the events. For a peer whose
+        connection broke and whose session waits for it to come back, it ends
+        that session (reported by a :class:`~trio_p2p.DeliveryFailed`).
 
         Raises:
-            PeerNotConnectedError: no live connection to that peer.
+            PeerNotConnectedError: no live connection to that peer (nor a session
+                waiting for it).
         """
+        reason = "disconnected by the application"
+        parked = self._parked.get(peer_id)
+        if parked is not None:  # its connection broke: end the session waiting for it
+            self._settle_parked(peer_id, parked, reason)
+            self._nursery.start_soon(self._report_parked_end, parked, reason)
+            await trio.lowlevel.checkpoint()
+            return
         conn = self._connection(peer_id)
-        await conn.close("disconnected by the application")
+        await conn.close(reason)
 
     # ------------------------------------------------------------ sending
 
@@ -384,7 +437,13 @@ class Messenger:
             TypeError: *text* is not a str.
         """
         content = _text(text)
-        return self._connection(peer_id).send_nowait(content)
+        conn = self._open_connection(peer_id)
+        if conn is not None:
+            return conn.send_nowait(content)
+        kept = self._kept_session(peer_id)
+        if kept is None:
+            raise PeerNotConnectedError(peer_id)
+        return self._send_later(*kept, content)
 
     async def send_text_message(self, peer_id: uuid.UUID, text: str) -> Message:
         """Queue a text message to *peer_id*, waiting while its send window is full.
@@ -395,13 +454,73 @@ class Messenger:
         A full window is waited on until half of it is acknowledged, a full
         write queue (64 KiB not yet written) until the writer takes it.
 
+        While the connection to the peer is broken and its session waits for the
+        peer to come back (:attr:`PeerDisconnected.resuming
+        <trio_p2p.PeerDisconnected.resuming>`), the message waits in the
+        session, within its window, and is sent once the peer is back.
+
         Raises:
-            PeerNotConnectedError: no live connection to that peer.
+            PeerNotConnectedError: no live connection to that peer (nor a session
+                waiting for it).
             ValueError: the message is larger than the peer accepts.
             TypeError: *text* is not a str.
         """
         content = _text(text)
-        return await self._connection(peer_id).send(content)
+        while True:
+            conn = self._open_connection(peer_id)
+            if conn is not None:
+                try:
+                    return await conn.send(content)
+                except PeerNotConnectedError:
+                    if self._kept_session(peer_id) is None:
+                        raise
+                    continue  # it broke meanwhile: the message waits in its session
+            kept = self._kept_session(peer_id)
+            if kept is None:
+                raise PeerNotConnectedError(peer_id)
+            if not kept[0].window_full:
+                message = self._send_later(*kept, content)
+                await trio.lowlevel.checkpoint()
+                return message
+            await self._registry_changed.park()  # until the peer is back, or gone
+
+    def _kept_session(self, peer_id: uuid.UUID) -> tuple[Session, int] | None:
+        """The session with *peer_id* waiting for a new connection, if any.
+
+        Parked, or about to be (its connection's end is being reported); with
+        the largest frame body the peer accepts.
+        """
+        parked = self._parked.get(peer_id)
+        if parked is not None:
+            return parked.session, parked.max_body
+        conn = self._connections.get(peer_id)
+        if conn is not None and conn.reason is not None and self._will_park(conn):
+            return conn.session, conn.max_body  # (its end is being reported)
+        return None
+
+    def _will_park(self, conn: PeerConnection) -> bool:
+        """Whether the session of *conn*, which has ended, waits for the peer."""
+        return conn.resumable and not self._closing and self.config.resume_timeout > 0
+
+    def _send_later(self, session: Session, max_body: int, content: Content) -> Message:
+        """Number a message in a session without a connection.
+
+        It is sent once the session carries on over a new connection.
+
+        Raises:
+            trio.WouldBlock: the session's send window is full.
+            ValueError: the message is larger than the peer accepts.
+        """
+        if session.window_full:
+            raise trio.WouldBlock
+        message = Message(
+            self._parked_ids.new(), self.peer_id, self.peer_name, time.time(), content
+        )
+        size = len(encode_data(session.last_sent + 1, message)) - 4
+        if size > max_body:
+            raise ValueError(f"message of {size} bytes exceeds the frame limit of {max_body}")
+        session.number(message)
+        return message
 
     async def broadcast_text_message(self, text: str) -> list[Message]:
         """Send a text message to every connected peer.
@@ -434,11 +553,31 @@ class Messenger:
             PeerNotConnectedError: *peer_id* is not connected.
         """
         if peer_id is not None:
-            await self._connection(peer_id).flush()
+            await self._flush_peer(peer_id)
             return
-        for conn in list(self._connections.values()):
-            await conn.flush()
+        for each in [*self._connections, *self._parked]:
+            await self._flush_peer(each)
         await trio.lowlevel.checkpoint()
+
+    async def _flush_peer(self, peer_id: uuid.UUID) -> None:
+        # Across broken connections whose session carries on.
+        while True:
+            conn = self._open_connection(peer_id)
+            if conn is not None:
+                try:
+                    await conn.flush()
+                    return
+                except DeliveryError:
+                    await conn.finished.wait()  # (parked by then, if it broke)
+                    if peer_id not in self._parked:
+                        raise
+                    continue
+            parked = self._parked.get(peer_id)
+            if parked is None:
+                raise PeerNotConnectedError(peer_id)
+            await parked.settled.wait()
+            if parked.ended is not None:
+                raise DeliveryError(peer_id, parked.session.unacknowledged(), parked.ended)
 
     # ------------------------------------------------------------ files
 
@@ -623,7 +762,13 @@ class Messenger:
                     try:
                         why_not = await self._may_replace(decision, hello.node_id)
                         if why_not is None:
-                            await self._retire(decision, "replaced by a new connection")
+                            # (its session waits for the new one, if that one
+                            # offers to carry it on)
+                            await self._retire(
+                                decision,
+                                "replaced by a new connection",
+                                resumable=hello.resumes == self._local.nonce,
+                            )
                     finally:
                         self._admitting.discard(hello.node_id)
                     decision = ("duplicate", why_not) if why_not is not None else None
@@ -633,9 +778,20 @@ class Messenger:
                     with trio.move_on_after(self.config.handshake_timeout):
                         await send_frame(stream, Goodbye(code, reason))
                 else:
-                    conn = self._new_connection(stream, hello, address, False, decoder, pending)
-                    conn._queue(self._local.hello())
-                    return conn
+                    parked = self._parked.get(hello.node_id)
+                    resumes = self._resumes(hello, parked)
+                    if parked is not None and not resumes:
+                        await self._end_parked(hello.node_id, parked, _NOT_RESUMED)
+                    return self._new_connection(
+                        stream,
+                        hello,
+                        address,
+                        False,
+                        decoder,
+                        pending,
+                        answer=self._local.hello(parked.session if resumes and parked else None),
+                        resume=parked if resumes else None,
+                    )
         except ProtocolError as exc:
             cause, reason = "protocol", str(exc)
             with trio.move_on_after(min(1.0, self.config.handshake_timeout)):
@@ -662,10 +818,11 @@ class Messenger:
             stream = await trio.open_tcp_stream(host, port)
         if scope.cancelled_caught:
             raise HandshakeError(f"connecting to {host}:{port} timed out after {timeout:g} s")
+        offered = None if expected is None else self._parked.get(expected)
         try:
             decoder = FrameDecoder(self.config.max_frame_size)
             with trio.move_on_after(timeout) as scope:
-                await send_frame(stream, self._local.hello())
+                await send_frame(stream, self._local.hello(offered.session if offered else None))
                 hello, pending = await receive_hello(stream, decoder)
             if scope.cancelled_caught:
                 raise HandshakeError(f"no answer from {host}:{port} within {timeout:g} s")
@@ -699,7 +856,19 @@ class Messenger:
             await trio.aclose_forcefully(stream)
             task_status.started(winner)  # connect_to_peer is idempotent
             return
-        conn = self._new_connection(stream, hello, address, True, decoder, pending)
+        parked = self._parked.get(hello.node_id)
+        resumes = parked is not None and parked is offered and self._resumes(hello, parked)
+        try:
+            if parked is not None and not resumes:
+                await self._end_parked(hello.node_id, parked, _NOT_RESUMED)
+            conn = self._new_connection(
+                stream, hello, address, True, decoder, pending, resume=parked if resumes else None
+            )
+        except BaseException as exc:
+            await trio.aclose_forcefully(stream)
+            if isinstance(exc, ProtocolError):
+                raise HandshakeError(f"{host}:{port} broke the handshake: {exc}") from exc
+            raise
         task_status.started(conn)
         await self._run_connection(conn)
 
@@ -719,9 +888,9 @@ class Messenger:
         await self._retire(existing, "simultaneous dial: the smaller node id's connection is kept")
         return None
 
-    async def _retire(self, conn: PeerConnection, reason: str) -> None:
+    async def _retire(self, conn: PeerConnection, reason: str, *, resumable: bool = False) -> None:
         """End *conn* for *reason*; wait (boundedly) until its end is reported."""
-        conn._finish(reason)
+        conn._finish(reason, resumable=resumable)
         with trio.move_on_after(self.config.handshake_timeout):
             await conn.finished.wait()
 
@@ -733,7 +902,17 @@ class Messenger:
         dialer: bool,
         decoder: FrameDecoder,
         pending: list[Frame],
+        *,
+        answer: Hello | None = None,
+        resume: _Parked | None = None,
     ) -> PeerConnection:
+        """A connection after the hellos, registered (with *answer* queued first).
+
+        With *resume*, it carries that parked session on.
+
+        Raises:
+            ProtocolError: the hello's resume point does not fit the session.
+        """
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         io = SocketIO(stream.socket)
         conn = PeerConnection(
@@ -756,7 +935,14 @@ class Messenger:
             receive_into=io.receive_into,
             receive_nowait=io.receive_nowait,
             send_all=io.send_all,
+            session=None if resume is None else resume.session,
         )
+        if answer is not None:
+            conn._queue(answer)
+        if resume is not None:
+            conn.resume(hello.received)
+            self._settle_parked(hello.node_id, resume, None)
+            logger.info("the session with %s carries on", conn.peer.name)
         conn.files = self._files
         self._connections[hello.node_id] = conn
         self._registry_changed.unpark_all()
@@ -767,7 +953,7 @@ class Messenger:
         self._counters["connections_accepted"] += 1
         logger.info("connected to %s (%s) at %s:%d", peer.name, peer.id, peer.address, peer.port)
         try:
-            await conn.run(announce=lambda: self._outlet.send(PeerConnected(peer)))
+            await conn.run(announce=lambda: self._outlet.send(PeerConnected(peer, conn.resumed)))
         except BaseException:
             # Cancelled (shutdown, or the application's own scope): still report the
             # end, without waiting for room in the event channel.
@@ -784,18 +970,30 @@ class Messenger:
         self._files.connection_ended(conn)
         if conn.failure is not None:
             self._failed[conn.failure] += 1
-        self._registry_changed.unpark_all()
-        unacked = conn.session.unacknowledged()
-        if unacked:
-            self._counters["messages_undelivered"] += len(unacked)
-            logger.warning(
-                "%d messages to %s were not acknowledged: %s", len(unacked), peer.name, reason
+        resuming = self._will_park(conn)
+        if resuming:
+            timeout = self.config.resume_timeout
+            parked = _Parked(
+                conn.session, peer, conn.max_body, reason, trio.current_time() + timeout
             )
-        logger.info("disconnected from %s (%s): %s", peer.name, peer.id, reason)
+            self._parked[peer.id] = parked
+            self._nursery.start_soon(self._keep_session, peer.id, parked)
+            unacked: tuple[Message, ...] = ()
+            logger.info(
+                "connection to %s (%s) broke: %s; waiting %g s for it to come back",
+                peer.name,
+                peer.id,
+                reason,
+                timeout,
+            )
+        else:
+            unacked = self._undelivered(peer, conn.session, reason)
+            logger.info("disconnected from %s (%s): %s", peer.name, peer.id, reason)
+        self._registry_changed.unpark_all()
         # A connection that ended before PeerConnected could be placed (the
         # application was behind) is still reported, as the pair of events.
-        events: list[Event] = [] if conn.announced else [PeerConnected(peer)]
-        events.append(PeerDisconnected(peer, reason))
+        events: list[Event] = [] if conn.announced else [PeerConnected(peer, conn.resumed)]
+        events.append(PeerDisconnected(peer, reason, resuming))
         if unacked:
             events.append(DeliveryFailed(peer, unacked, reason))
         for event in events:
@@ -804,6 +1002,70 @@ class Messenger:
             else:
                 self._outlet.nowait(event)
         conn.finished.set()
+
+    def _undelivered(self, peer: PeerInfo, session: Session, reason: str) -> tuple[Message, ...]:
+        """The messages a session ends with unacknowledged (counted and logged)."""
+        unacked = session.unacknowledged()
+        if unacked:
+            self._counters["messages_undelivered"] += len(unacked)
+            logger.warning(
+                "%d messages to %s were not acknowledged: %s", len(unacked), peer.name, reason
+            )
+        return unacked
+
+    def _settle_parked(self, peer_id: uuid.UUID, parked: _Parked, ended: str | None) -> None:
+        """The parked session is carried on (*ended* None) or ends for *ended*."""
+        if self._parked.get(peer_id) is parked:
+            del self._parked[peer_id]
+        parked.ended = ended
+        parked.settled.set()
+        self._registry_changed.unpark_all()
+
+    async def _end_parked(self, peer_id: uuid.UUID, parked: _Parked, reason: str) -> None:
+        """End a parked session: its unacknowledged messages are reported."""
+        self._settle_parked(peer_id, parked, reason)
+        await self._report_parked_end(parked, reason)
+
+    async def _report_parked_end(self, parked: _Parked, reason: str) -> None:
+        logger.info("the session with %s ended: %s", parked.peer.name, reason)
+        unacked = self._undelivered(parked.peer, parked.session, reason)
+        if unacked:
+            await self._outlet.send(DeliveryFailed(parked.peer, unacked, reason))
+
+    async def _keep_session(self, peer_id: uuid.UUID, parked: _Parked) -> None:
+        """Wait for a broken session's peer to come back, dialling it if this node should.
+
+        The node with the smaller id dials (the rule that settles simultaneous
+        dials), where discovery last saw the peer, else where it was connected;
+        the other waits to be dialled. The session ends at its deadline.
+        """
+        delay = REDIAL_FIRST
+        with trio.move_on_at(parked.deadline):
+            while self._parked.get(peer_id) is parked and not self._closing:
+                if self.peer_id < peer_id:
+                    where = self._table.get(peer_id) or parked.peer
+                    try:
+                        await self.connect_to_peer(where)
+                    except (HandshakeError, OSError) as exc:
+                        logger.debug("dialling %s again failed: %s", parked.peer.name, exc)
+                    else:
+                        await trio.lowlevel.checkpoint()
+                        continue  # (carried on, unless it came back as a new process)
+                with trio.move_on_after(delay * random.uniform(0.5, 1.5)):
+                    await parked.settled.wait()
+                delay = min(2 * delay, REDIAL_LONGEST)
+        if self._parked.get(peer_id) is parked:
+            timeout = self.config.resume_timeout
+            reason = f"the peer did not come back within {timeout:g} s ({parked.reason})"
+            await self._end_parked(peer_id, parked, reason)
+
+    def _resumes(self, hello: Hello, parked: _Parked | None) -> bool:
+        """Whether *hello* offers to carry on *parked* with this node."""
+        return (
+            parked is not None
+            and hello.session == parked.session.peer_nonce
+            and hello.resumes == self._local.nonce
+        )
 
     async def _shutdown(self) -> None:
         """Leave: goodbye beacon, a grace for acknowledgements, then close everything.
@@ -822,6 +1084,8 @@ class Messenger:
         if left:
             logger.warning("leaving with %d messages unacknowledged (use flush())", left)
         self._outlet.closing = True
+        for peer_id, parked in list(self._parked.items()):
+            await self._end_parked(peer_id, parked, "the messenger was closed")
         with trio.move_on_after(CLOSE_PHASE):
             async with trio.open_nursery() as nursery:
                 for conn in list(self._connections.values()):

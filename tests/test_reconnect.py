@@ -1,0 +1,165 @@
+"""Sessions that outlive broken connections, end to end over loopback.
+
+A link is broken by shutting the TCP socket down under one side's connection:
+both sides see the connection break without a goodbye, as after a network
+drop (the kernel of the other side sees the end of the stream).
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+import trio
+import trio.testing
+
+from trio_p2p import (
+    DeliveryFailed,
+    Event,
+    MessageReceived,
+    Messenger,
+    PeerConnected,
+    PeerDisconnected,
+    PeerNotConnectedError,
+    Text,
+    open_messenger,
+)
+
+from .conftest import ConfigFactory
+from .helpers import connect, texts, wait_for
+
+
+def break_link(messenger: Messenger, peer_id: uuid.UUID) -> None:
+    """Break *messenger*'s connection to *peer_id* without a goodbye."""
+    stream = messenger._connections[peer_id].stream
+    assert isinstance(stream, trio.SocketStream)
+    stream.socket.shutdown(socket.SHUT_RDWR)
+
+
+async def record(messenger: Messenger, into: list[Event]) -> None:
+    async for event in messenger.events:
+        into.append(event)
+
+
+def texts_of(events: list[Event]) -> list[str]:
+    out = []
+    for event in events:
+        if isinstance(event, MessageReceived):
+            assert isinstance(event.message.content, Text)
+            out.append(event.message.content.text)
+    return out
+
+
+def kinds(events: list[Event], peer: uuid.UUID) -> list[str]:
+    """The connection events about *peer*, as short strings."""
+    out = []
+    for event in events:
+        if isinstance(event, PeerConnected) and event.peer.id == peer:
+            out.append("connected, resumed" if event.resumed else "connected")
+        elif isinstance(event, PeerDisconnected) and event.peer.id == peer:
+            out.append("disconnected, resuming" if event.resuming else "disconnected")
+        elif isinstance(event, DeliveryFailed) and event.peer.id == peer:
+            out.append("delivery failed")
+    return out
+
+
+@pytest.mark.parametrize("broken_at", ["sender", "receiver"])
+async def test_a_broken_connection_carries_its_session_on(
+    make_config: ConfigFactory, broken_at: str
+) -> None:
+    """Messages sent before, during and after a break all arrive, once, in order;
+    both sides see the break and the resumed session, and nothing fails."""
+    count = 3000
+    with trio.fail_after(30):
+        async with (
+            open_messenger("Alice", make_config(resume_timeout=10)) as a,
+            open_messenger("Bob", make_config(resume_timeout=10)) as b,
+        ):
+            await connect(a, b)
+            seen_a: list[Event] = []
+            seen_b: list[Event] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(record, a, seen_a)
+                nursery.start_soon(record, b, seen_b)
+                for i in range(count):
+                    await a.send_text_message(b.peer_id, f"m{i}")
+                    if i in (count // 3, 2 * count // 3):
+                        if broken_at == "sender":
+                            break_link(a, b.peer_id)
+                        else:
+                            break_link(b, a.peer_id)
+                await a.flush(b.peer_id)  # every message is in Bob's channel...
+                await trio.testing.wait_all_tasks_blocked()  # ...and recorded
+                nursery.cancel_scope.cancel()
+            assert texts_of(seen_b) == [f"m{i}" for i in range(count)]
+            expected = ["disconnected, resuming", "connected, resumed"] * 2
+            assert kinds(seen_a, b.peer_id) == expected
+            assert kinds(seen_b, a.peer_id) == expected
+            assert a.statistics().messages_undelivered == 0
+
+
+async def test_messages_sent_while_the_link_is_down_wait_in_the_session(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(20):
+        async with (
+            open_messenger("Alice", make_config(resume_timeout=10)) as a,
+            open_messenger("Bob", make_config(resume_timeout=10)) as b,
+        ):
+            await connect(a, b)
+            await a.send_text_message(b.peer_id, "before")
+            break_link(a, b.peer_id)
+            down = await wait_for(a, PeerDisconnected, peer=b.peer_id)
+            assert down.resuming
+            # (the node with the smaller id dials again at once: either way, these
+            # go into the waiting session or onto the new connection)
+            during = [a.send_text_message_nowait(b.peer_id, f"during {i}") for i in range(5)]
+            await a.flush(b.peer_id)
+            got = await texts(b, 6)
+            assert got == ["before"] + [f"during {i}" for i in range(5)]
+            assert [m.content for m in during] == [Text(f"during {i}") for i in range(5)]
+
+
+async def test_a_peer_that_does_not_come_back_fails_what_it_did_not_acknowledge(
+    make_config: ConfigFactory,
+) -> None:
+    """Bob's application reads nothing (so he acknowledges nothing past his
+    event buffer), the link breaks, Bob leaves: after resume_timeout Alice
+    reports every message Bob never acknowledged, once."""
+    with trio.fail_after(20):
+        async with open_messenger("Alice", make_config(resume_timeout=1.0)) as a:
+            async with open_messenger("Bob", make_config(event_buffer=4)) as b:
+                await connect(a, b)
+                sent = [a.send_text_message_nowait(b.peer_id, f"m{i}") for i in range(50)]
+                await trio.sleep(0.3)
+                break_link(b, a.peer_id)
+                down = await wait_for(a, PeerDisconnected, peer=b.peer_id)
+                assert down.resuming
+            start = trio.current_time()
+            failed = await wait_for(a, DeliveryFailed, peer=b.peer_id)
+            assert 0.5 <= trio.current_time() - start <= 3.0
+            assert "did not come back within 1 s" in failed.reason
+            assert list(failed.messages) == sent[len(sent) - len(failed.messages) :]
+            assert len(failed.messages) >= 50 - 4 - 1  # at most his buffer was taken
+            with pytest.raises(PeerNotConnectedError):
+                a.send_text_message_nowait(b.peer_id, "too late")
+
+
+async def test_disconnecting_a_peer_whose_link_is_down_ends_its_session(
+    make_config: ConfigFactory,
+) -> None:
+    with trio.fail_after(20):
+        async with open_messenger("Alice", make_config(resume_timeout=30)) as a:
+            async with open_messenger("Bob", make_config(event_buffer=4)) as b:
+                await connect(a, b)
+                sent = [a.send_text_message_nowait(b.peer_id, f"m{i}") for i in range(20)]
+                await trio.sleep(0.3)
+                break_link(b, a.peer_id)
+                assert (await wait_for(a, PeerDisconnected, peer=b.peer_id)).resuming
+            await a.disconnect_peer(b.peer_id)  # (Bob is gone: long before 30 s)
+            failed = await wait_for(a, DeliveryFailed, peer=b.peer_id)
+            assert failed.reason == "disconnected by the application"
+            assert list(failed.messages) == sent[len(sent) - len(failed.messages) :]
+            with pytest.raises(PeerNotConnectedError):
+                await a.disconnect_peer(b.peer_id)
