@@ -1,0 +1,193 @@
+"""trio_p2p on a LAN of network namespaces, with default settings (see netlan.py).
+
+Every host runs lan_agent.py: default ports, default discovery (ifaddr finds
+eth0 and its broadcast address 10.77.0.255). Nothing leaves the namespaces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from .netlan import Agent, NetLan, require_netns
+
+#: the default announce interval (Config.announce_interval), seconds
+ANNOUNCE = 1.0
+
+
+@pytest.fixture
+def netns() -> None:
+    require_netns()
+
+
+@asynccontextmanager
+async def lan_of(count: int, tmp_path: Path) -> AsyncIterator[tuple[NetLan, list[Agent]]]:
+    """*count* hosts, each running an agent; all stopped and removed on exit."""
+    with NetLan(count) as lan:
+        async with trio.open_nursery() as nursery:
+            agents: list[Agent] = []
+            try:
+                for index in range(count):
+                    folder = tmp_path / f"host{index}"
+                    folder.mkdir()
+                    agents.append(await Agent.start(nursery, lan, index, f"host{index}", folder))
+                yield lan, agents
+            finally:
+                with trio.CancelScope(shield=True):
+                    for agent in agents:
+                        await agent.stop()
+                nursery.cancel_scope.cancel()
+
+
+async def on_every_pair(
+    agents: list[Agent], action: Callable[[Agent, Agent], Awaitable[object]]
+) -> None:
+    """``action(agent, other)`` for every ordered pair of agents, all at once."""
+
+    async def one(agent: Agent, other: Agent) -> None:
+        await action(agent, other)
+
+    async with trio.open_nursery() as nursery:
+        for agent, other in itertools.permutations(agents, 2):
+            nursery.start_soon(one, agent, other)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.usefixtures("netns")
+async def test_five_hosts_find_each_other_and_talk_in_a_full_mesh(tmp_path: Path) -> None:
+    with trio.fail_after(120):
+        async with lan_of(5, tmp_path) as (lan, agents):
+            started = trio.current_time()
+            # discovery through real subnet broadcast, within 3 announce intervals
+            for agent, other in itertools.permutations(agents, 2):
+                found = await agent.wait_event(
+                    lambda e, o=other: e["event"] == "PeerDiscovered" and e["peer"] == o.node_id,
+                    within=started + 3 * ANNOUNCE + 0.5 - trio.current_time(),
+                )
+                assert found["address"] == lan.addresses[agents.index(other)]
+            # a full mesh: each pair connected once
+            for i, j in itertools.combinations(range(5), 2):
+                await agents[i].command("connect", peer=agents[j].node_id)
+            for agent, other in itertools.permutations(agents, 2):
+                await agent.wait_event(
+                    lambda e, o=other: e["event"] == "PeerConnected" and e["peer"] == o.node_id,
+                    within=10,
+                )
+            # text each way
+            await everyone_sends(agents, "", 3)
+            for agent in agents:
+                for other in agents:
+                    if other is not agent:
+                        await agent.command("flush", peer=other.node_id)
+            for agent, other in itertools.permutations(agents, 2):
+                prefix = f"{other.name}>{agent.name} "
+                await agent.wait_event(
+                    lambda e, t=f"{prefix}2": e["event"] == "MessageReceived" and e["text"] == t,
+                    within=10,
+                )
+                assert agent.texts_from(other.node_id) == [f"{prefix}{i}" for i in range(3)]
+            # a file each way between every pair
+            sources = {}
+            for agent in agents:
+                source = tmp_path / f"from-{agent.name}.bin"
+                source.write_bytes(os.urandom(300_000))
+                sources[agent.name] = source
+            await on_every_pair(
+                agents,
+                lambda a, o: a.command(
+                    "file", peer=o.node_id, path=str(sources[a.name]), within=60
+                ),
+            )
+            for agent, other in itertools.permutations(agents, 2):
+                done = await agent.wait_event(
+                    lambda e, o=other, a=agent: (
+                        e["event"] == "FileTransferCompleted"
+                        and e["peer"] == o.node_id
+                        and e["path"] is not None
+                        and e["filename"] == f"from-{o.name}.bin"
+                    ),
+                    within=10,
+                )
+                assert digest(Path(done["path"])) == digest(sources[other.name])
+            failures = [e for a in agents for e in a.events if e["event"].endswith("Failed")]
+            assert failures == []
+
+
+async def mesh(agents: list[Agent]) -> None:
+    """Connect every pair of *agents* (after discovery) and wait until all are connected."""
+    for i, j in itertools.combinations(range(len(agents)), 2):
+        await agents[j].wait_event(
+            lambda e, o=agents[i]: e["event"] == "PeerDiscovered" and e["peer"] == o.node_id,
+            within=5,
+        )
+        await agents[i].wait_event(
+            lambda e, o=agents[j]: e["event"] == "PeerDiscovered" and e["peer"] == o.node_id,
+            within=5,
+        )
+        await agents[i].command("connect", peer=agents[j].node_id)
+    for agent, other in itertools.permutations(agents, 2):
+        await agent.wait_event(
+            lambda e, o=other: e["event"] == "PeerConnected" and e["peer"] == o.node_id,
+            within=10,
+        )
+
+
+async def everyone_sends(agents: list[Agent], prefix: str, count: int) -> None:
+    """Every agent sends *count* texts to every other, all at once."""
+    await on_every_pair(
+        agents,
+        lambda a, o: a.command(
+            "send", peer=o.node_id, prefix=f"{prefix}{a.name}>{o.name} ", count=count
+        ),
+    )
+
+
+@pytest.mark.usefixtures("netns")
+async def test_a_link_down_for_five_seconds_loses_nothing_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """Every host keeps sending to every other while one host's link is down for
+    5 s: once it is back, every message sent before, during and after arrives
+    exactly once and in order, without restarting anything."""
+    with trio.fail_after(120):
+        async with lan_of(3, tmp_path) as (lan, agents):
+            await mesh(agents)
+            await everyone_sends(agents, "before ", 100)
+            lan.set_link(2, up=False)
+            await everyone_sends(agents, "during ", 100)
+            await trio.sleep(5)
+            lan.set_link(2, up=True)
+            await everyone_sends(agents, "after ", 100)
+            await on_every_pair(agents, lambda a, o: a.command("flush", peer=o.node_id, within=60))
+            for agent, other in itertools.permutations(agents, 2):
+                last = f"after {other.name}>{agent.name} 99"
+                await agent.wait_event(  # (acknowledged: on its way up the agent's pipe)
+                    lambda e, t=last: e["event"] == "MessageReceived" and e["text"] == t,
+                    within=10,
+                )
+                expected = [
+                    f"{phase} {other.name}>{agent.name} {i}"
+                    for phase in ("before", "during", "after")
+                    for i in range(100)
+                ]
+                assert agent.texts_from(other.node_id) == expected
+            failures = [e for a in agents for e in a.events if e["event"] == "DeliveryFailed"]
+            assert failures == []
+            broke = [
+                (a.name, e["reason"], e["resuming"])
+                for a in agents
+                for e in a.events
+                if e["event"] == "PeerDisconnected"
+            ]
+            print("connections that broke:", broke)
+            assert all(resuming for _, _, resuming in broke)
