@@ -253,6 +253,13 @@ class GatedWriter:
         await self.stream.send_all(data)
 
 
+def gated_side() -> tuple[Side, GatedWriter]:
+    """Alice's side of a memory stream pair, writing through a GatedWriter."""
+    sa, _sb = trio.testing.memory_stream_pair()
+    gated = GatedWriter(sa)
+    return make_side(sa, node("Alice"), node("Bob"), dialer=True, send_all=gated.send_all), gated
+
+
 def chunk_frame(index: int) -> memoryview:
     return memoryview(
         encode_frame(FileChunk(uuid.UUID(int=7), index * 1000, bytes([index]) * 1000))
@@ -264,10 +271,7 @@ async def test_queued_chunks_are_written_whole_and_messages_go_between_them() ->
     meanwhile waits only for the chunk being written, not for the others; each
     chunk's event is set once it is written."""
     with trio.fail_after(10):
-        sa, _sb = trio.testing.memory_stream_pair()
-        gated = GatedWriter(sa)
-        alice, bob = node("Alice"), node("Bob")
-        a = make_side(sa, alice, bob, dialer=True, send_all=gated.send_all)
+        a, gated = gated_side()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.conn.run)
             frames = [chunk_frame(i) for i in range(3)]
@@ -296,17 +300,14 @@ async def test_queued_chunks_are_written_whole_and_messages_go_between_them() ->
 
 async def test_chunks_wait_for_a_slot_and_are_released_when_the_connection_ends() -> None:
     with trio.fail_after(10):
-        sa, sb = trio.testing.memory_stream_pair()
-        gated = GatedWriter(sa)
-        alice, bob = node("Alice"), node("Bob")
-        a = make_side(sa, alice, bob, dialer=True, send_all=gated.send_all)
+        a, gated = gated_side()  # (its gate stays shut: nothing is ever written)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(a.conn.run)
             events = [await a.conn.send_chunk(chunk_frame(i)) for i in range(CHUNK_SLOTS)]
             with trio.move_on_after(0.2) as waited:  # every slot is taken
                 await a.conn.send_chunk(chunk_frame(99))
             assert waited.cancelled_caught
-            await sb.aclose()  # the peer goes away: the writer will never write them
+            assert gated.writes == [bytes(chunk_frame(0))]
             a.conn._finish("test over")
         assert all(event.is_set() for event in events)  # the buffers are free again
         with pytest.raises(PeerNotConnectedError):

@@ -17,6 +17,7 @@ import trio.testing
 from trio_p2p import (
     DeliveryFailed,
     Event,
+    Message,
     MessageReceived,
     Messenger,
     PeerConnected,
@@ -121,6 +122,21 @@ async def test_messages_sent_while_the_link_is_down_wait_in_the_session(
             assert [m.content for m in during] == [Text(f"during {i}") for i in range(5)]
 
 
+async def bob_leaves_while_the_link_is_down(
+    a: Messenger, make_config: ConfigFactory, count: int
+) -> tuple[list[Message], uuid.UUID]:
+    """Bob connects to Alice and reads nothing (his event buffer holds 4), Alice
+    sends *count* texts, Bob's link breaks and he leaves. Returns what Alice
+    sent, and Bob's id."""
+    async with open_messenger("Bob", make_config(event_buffer=4)) as b:
+        await connect(a, b)
+        sent = [a.send_text_message_nowait(b.peer_id, f"m{i}") for i in range(count)]
+        await trio.sleep(0.3)
+        break_link(b, a.peer_id)
+        assert (await wait_for(a, PeerDisconnected, peer=b.peer_id)).resuming
+    return sent, b.peer_id
+
+
 async def test_a_peer_that_does_not_come_back_fails_what_it_did_not_acknowledge(
     make_config: ConfigFactory,
 ) -> None:
@@ -129,21 +145,15 @@ async def test_a_peer_that_does_not_come_back_fails_what_it_did_not_acknowledge(
     reports every message Bob never acknowledged, once."""
     with trio.fail_after(20):
         async with open_messenger("Alice", make_config(resume_timeout=1.0)) as a:
-            async with open_messenger("Bob", make_config(event_buffer=4)) as b:
-                await connect(a, b)
-                sent = [a.send_text_message_nowait(b.peer_id, f"m{i}") for i in range(50)]
-                await trio.sleep(0.3)
-                break_link(b, a.peer_id)
-                down = await wait_for(a, PeerDisconnected, peer=b.peer_id)
-                assert down.resuming
+            sent, bob = await bob_leaves_while_the_link_is_down(a, make_config, 50)
             start = trio.current_time()
-            failed = await wait_for(a, DeliveryFailed, peer=b.peer_id)
+            failed = await wait_for(a, DeliveryFailed, peer=bob)
             assert 0.5 <= trio.current_time() - start <= 3.0
             assert "did not come back within 1 s" in failed.reason
             assert list(failed.messages) == sent[len(sent) - len(failed.messages) :]
             assert len(failed.messages) >= 50 - 4 - 1  # at most his buffer was taken
             with pytest.raises(PeerNotConnectedError):
-                a.send_text_message_nowait(b.peer_id, "too late")
+                a.send_text_message_nowait(bob, "too late")
 
 
 async def test_disconnecting_a_peer_whose_link_is_down_ends_its_session(
@@ -151,15 +161,10 @@ async def test_disconnecting_a_peer_whose_link_is_down_ends_its_session(
 ) -> None:
     with trio.fail_after(20):
         async with open_messenger("Alice", make_config(resume_timeout=30)) as a:
-            async with open_messenger("Bob", make_config(event_buffer=4)) as b:
-                await connect(a, b)
-                sent = [a.send_text_message_nowait(b.peer_id, f"m{i}") for i in range(20)]
-                await trio.sleep(0.3)
-                break_link(b, a.peer_id)
-                assert (await wait_for(a, PeerDisconnected, peer=b.peer_id)).resuming
-            await a.disconnect_peer(b.peer_id)  # (Bob is gone: long before 30 s)
-            failed = await wait_for(a, DeliveryFailed, peer=b.peer_id)
+            sent, bob = await bob_leaves_while_the_link_is_down(a, make_config, 20)
+            await a.disconnect_peer(bob)  # (long before 30 s)
+            failed = await wait_for(a, DeliveryFailed, peer=bob)
             assert failed.reason == "disconnected by the application"
             assert list(failed.messages) == sent[len(sent) - len(failed.messages) :]
             with pytest.raises(PeerNotConnectedError):
-                await a.disconnect_peer(b.peer_id)
+                await a.disconnect_peer(bob)
