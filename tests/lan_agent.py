@@ -8,7 +8,10 @@ address of every interface ifaddr finds), using only the public API, and:
   line ``{"reply": <command id>, ...}`` (``"error"`` if it failed);
 * writes every event as one JSON line ``{"event": <kind>, ...}``.
 
-    python lan_agent.py NAME DOWNLOAD_DIR
+    python lan_agent.py NAME DOWNLOAD_DIR [SETTING=VALUE ...]
+
+Settings after the folder override Config fields (numbers), for the tests that
+must not wait for a default: ``resume_timeout=3``.
 
 Commands (``"id"`` is echoed in the reply):
 
@@ -23,6 +26,8 @@ Commands (``"id"`` is echoed in the reply):
     wait until every message to the peer is acknowledged
 ``{"cmd": "file", "peer": ID, "path": PATH}``
     send a file; replies once the receiver verified it
+``{"cmd": "stats"}``
+    its ``statistics()`` counters
 ``{"cmd": "quit"}``
     leave (the reply comes once the messenger is closed)
 """
@@ -92,6 +97,12 @@ class Agent:
         kind = command["cmd"]
         if kind == "info":
             return {"node_id": str(m.peer_id), "port": m.tcp_port}
+        if kind == "stats":
+            stats = m.statistics()
+            return {
+                name: getattr(stats, name)
+                for name in ("file_bytes_sent", "file_bytes_received", "messages_undelivered")
+            }
         peer = uuid.UUID(command["peer"])
         if kind == "connect":
             info = self.discovered.get(peer)
@@ -123,8 +134,12 @@ class Agent:
         await self.write(reply)
 
 
-async def main(name: str, download_dir: str) -> None:
-    config = trio_p2p.Config(download_dir=pathlib.Path(download_dir))
+async def main(name: str, download_dir: str, *settings: str) -> None:
+    changes: dict[str, Any] = {}
+    for setting in settings:
+        key, value = setting.split("=", 1)
+        changes[key] = float(value)
+    config = trio_p2p.Config(download_dir=pathlib.Path(download_dir), **changes)
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     async with trio_p2p.open_messenger(name, config) as messenger:
         agent = Agent(messenger)
@@ -151,4 +166,4 @@ async def main(name: str, download_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], sys.argv[2])
+    trio.run(main, sys.argv[1], sys.argv[2], *sys.argv[3:])

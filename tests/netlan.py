@@ -158,9 +158,16 @@ class Agent:
 
     @classmethod
     async def start(
-        cls, nursery: trio.Nursery, lan: NetLan, index: int, name: str, download_dir: Path
+        cls,
+        nursery: trio.Nursery,
+        lan: NetLan,
+        index: int,
+        name: str,
+        download_dir: Path,
+        *settings: str,
     ) -> Agent:
-        argv = lan.command(index, sys.executable, str(AGENT), name, str(download_dir))
+        """Start an agent on host *index*; *settings* are ``field=value`` overrides."""
+        argv = lan.command(index, sys.executable, str(AGENT), name, str(download_dir), *settings)
         process = await trio.lowlevel.open_process(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )

@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -28,7 +29,9 @@ def netns() -> None:
 
 
 @asynccontextmanager
-async def lan_of(count: int, tmp_path: Path) -> AsyncIterator[tuple[NetLan, list[Agent]]]:
+async def lan_of(
+    count: int, tmp_path: Path, *settings: str
+) -> AsyncIterator[tuple[NetLan, list[Agent]]]:
     """*count* hosts, each running an agent; all stopped and removed on exit."""
     with NetLan(count) as lan:
         async with trio.open_nursery() as nursery:
@@ -37,7 +40,10 @@ async def lan_of(count: int, tmp_path: Path) -> AsyncIterator[tuple[NetLan, list
                 for index in range(count):
                     folder = tmp_path / f"host{index}"
                     folder.mkdir()
-                    agents.append(await Agent.start(nursery, lan, index, f"host{index}", folder))
+                    agent = await Agent.start(
+                        nursery, lan, index, f"host{index}", folder, *settings
+                    )
+                    agents.append(agent)
                 yield lan, agents
             finally:
                 with trio.CancelScope(shield=True):
@@ -57,6 +63,19 @@ async def on_every_pair(
     async with trio.open_nursery() as nursery:
         for agent, other in itertools.permutations(agents, 2):
             nursery.start_soon(one, agent, other)
+
+
+def event_is(kind: str, peer: str | None = None, **fields: object) -> Callable[[Any], bool]:
+    """A match for wait_event: an event of *kind* (about *peer*) with *fields*."""
+
+    def match(event: Any) -> bool:
+        return (
+            event["event"] == kind
+            and (peer is None or event.get("peer") == peer)
+            and all(event.get(key) == value for key, value in fields.items())
+        )
+
+    return match
 
 
 def digest(path: Path) -> str:
@@ -191,3 +210,65 @@ async def test_a_link_down_for_five_seconds_loses_nothing_and_duplicates_nothing
             ]
             print("connections that broke:", broke)
             assert all(resuming for _, _, resuming in broke)
+
+
+@pytest.mark.usefixtures("netns")
+async def test_a_link_down_for_longer_than_resume_timeout_ends_the_sessions(
+    tmp_path: Path,
+) -> None:
+    """Host 2's link stays down past resume_timeout (3 s here) and the peer
+    timeout (5 s, the default): the others report it disconnected, lost, and
+    the messages it never got in one DeliveryFailed; back up, it is found again
+    and connected as a new session."""
+    resume_timeout = 3.0
+    with trio.fail_after(120):
+        async with lan_of(3, tmp_path, f"resume_timeout={resume_timeout}") as (lan, agents):
+            await mesh(agents)
+            down = agents[2]
+            senders = agents[:2]
+            for agent in senders:
+                await agent.command("send", peer=down.node_id, prefix="before ", count=50)
+                await agent.command("flush", peer=down.node_id)
+            marks = [len(agent.events) for agent in senders]
+            lan.set_link(2, up=False)
+            for agent in senders:  # they wait in the session, which then ends
+                await agent.command("send", peer=down.node_id, prefix="during ", count=20)
+            for agent, mark in zip(senders, marks, strict=True):
+                about = down.node_id
+                gone = await agent.wait_event(
+                    event_is("PeerDisconnected", about), within=15, start=mark
+                )
+                assert gone["resuming"]
+                failed = await agent.wait_event(
+                    event_is("DeliveryFailed", about), within=15, start=mark
+                )
+                assert f"did not come back within {resume_timeout:g} s" in failed["reason"]
+                await agent.wait_event(event_is("PeerLost", about), within=15, start=mark)
+                got = down.texts_from(agent.node_id)
+                assert got == [f"before {i}" for i in range(50)]  # (flushed before)
+                assert failed["texts"] == [f"during {i}" for i in range(20)]
+            lan.set_link(2, up=True)
+            for agent, mark in zip(senders, marks, strict=True):
+                await agent.wait_event(
+                    lambda e: e["event"] == "PeerDiscovered" and e["peer"] == down.node_id,
+                    within=10,
+                    start=mark,
+                )
+                await agent.command("connect", peer=down.node_id)
+                back = await agent.wait_event(
+                    lambda e: e["event"] == "PeerConnected" and e["peer"] == down.node_id,
+                    within=10,
+                    start=mark,
+                )
+                assert not back["resumed"]  # a new session
+                await agent.command("send", peer=down.node_id, prefix="again ", count=5)
+                await agent.command("flush", peer=down.node_id)
+                await down.wait_event(
+                    lambda e, a=agent: (
+                        e["event"] == "MessageReceived"
+                        and e["peer"] == a.node_id
+                        and e["text"] == "again 4"
+                    ),
+                    within=10,
+                )
+                assert down.texts_from(agent.node_id)[50:] == [f"again {i}" for i in range(5)]
