@@ -66,6 +66,11 @@ def _describe(event: trio_p2p.Event) -> dict[str, Any]:
         out["texts"] = [
             m.content.text for m in event.messages if isinstance(m.content, trio_p2p.Text)
         ]
+    elif isinstance(event, trio_p2p.FileTransferProgress):
+        out["peer"] = str(event.transfer.peer_id)
+        out["filename"] = event.transfer.filename
+        out["done"] = event.bytes_transferred
+        out["total"] = event.total_bytes
     elif isinstance(event, trio_p2p.FileTransferCompleted | trio_p2p.FileTransferFailed):
         out["peer"] = str(event.transfer.peer_id)
         out["filename"] = event.transfer.filename

@@ -78,6 +78,15 @@ def event_is(kind: str, peer: str | None = None, **fields: object) -> Callable[[
     return match
 
 
+def random_file(path: Path, size: int) -> Path:
+    """A file of *size* random bytes at *path*."""
+    with open(path, "wb") as out:
+        for _ in range(size // (1 << 20)):
+            out.write(os.urandom(1 << 20))
+        out.write(os.urandom(size % (1 << 20)))
+    return path
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -272,3 +281,59 @@ async def test_a_link_down_for_longer_than_resume_timeout_ends_the_sessions(
                     within=10,
                 )
                 assert down.texts_from(agent.node_id)[50:] == [f"again {i}" for i in range(5)]
+
+
+@pytest.mark.usefixtures("netns")
+async def test_a_receiver_killed_mid_transfer_resumes_from_its_partial(tmp_path: Path) -> None:
+    """SIGKILL the receiving host's agent in the middle of a file: the sender
+    reports the failure; the restarted agent (a new process, found again by
+    its name) gets the same file by resuming its partial, byte-identical, and
+    far fewer bytes cross the second time."""
+    size = 256 * 1024 * 1024
+    source = random_file(tmp_path / "big.bin", size)
+    with trio.fail_after(120):
+        async with lan_of(2, tmp_path) as (lan, agents):
+            sender, receiver = agents
+            await mesh(agents)
+            async with trio.open_nursery() as nursery:
+                failed: list[str] = []
+
+                async def send_first() -> None:
+                    try:
+                        await sender.command("file", peer=receiver.node_id, path=str(source))
+                    except AssertionError as exc:
+                        failed.append(str(exc))
+
+                nursery.start_soon(send_first)
+                progress = await receiver.wait_event(
+                    lambda e: e["event"] == "FileTransferProgress" and e["done"] >= size // 3,
+                    within=60,
+                )
+                receiver.process.kill()  # SIGKILL
+            assert failed, "the first send_file should fail"
+            assert progress["done"] < size
+            first = (await sender.command("stats"))["file_bytes_sent"]
+            await sender.wait_event(event_is("FileTransferFailed", receiver.node_id), within=5)
+            # the same host runs a new agent with the same name and download folder
+            async with trio.open_nursery() as nursery:
+                again = await Agent.start(nursery, lan, 1, receiver.name, tmp_path / "host1")
+                try:
+                    found = await sender.wait_event(
+                        lambda e: e["event"] == "PeerDiscovered" and e["peer"] == again.node_id,
+                        within=10,
+                    )
+                    assert found["address"] == lan.addresses[1]
+                    await sender.command("connect", peer=again.node_id)
+                    await sender.command("file", peer=again.node_id, path=str(source), within=60)
+                    second = (await sender.command("stats"))["file_bytes_sent"] - first
+                    done = await again.wait_event(
+                        event_is("FileTransferCompleted", sender.node_id), within=10
+                    )
+                    assert digest(Path(done["path"])) == digest(source)
+                    assert second <= size - size // 3 + 16 * 1024 * 1024  # only the rest
+                    assert first + second < 1.5 * size
+                    print(f"bytes sent: {first:,} before the kill, {second:,} to resume")
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await again.stop()
+                    nursery.cancel_scope.cancel()
