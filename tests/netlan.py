@@ -36,6 +36,7 @@ __all__ = ["Agent", "NetLan", "require_netns"]
 PREFIX = "tp2p"
 SUBNET = "10.77.0"
 AGENT = Path(__file__).with_name("lan_agent.py")
+SWITCH = Path(__file__).with_name("lan_switch.py")
 
 
 def _ip(*args: str) -> None:
@@ -89,7 +90,10 @@ class NetLan:
     Use as a context manager: everything is removed on exit, whatever happened.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, impair: tuple[float, float, float] | None = None) -> None:
+        """*impair*: (loss, delay, jitter) for a lan_switch.py in place of the bridge."""
+        self.impair = impair
+        self.switch: subprocess.Popen[str] | None = None
         self.run = f"{PREFIX}{os.getpid()}x{secrets.token_hex(3)}"
         self.bridge = f"{self.run}br"
         self.hosts = [f"{self.run}h{i}" for i in range(count)]
@@ -115,21 +119,45 @@ class NetLan:
 
     def _make(self) -> None:
         self._netns(self.bridge)
-        _ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
-        _ip("-n", self.bridge, "link", "set", "br0", "up")
+        if self.impair is None:
+            _ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
+            _ip("-n", self.bridge, "link", "set", "br0", "up")
         for index, (host, address) in enumerate(zip(self.hosts, self.addresses, strict=True)):
             self._netns(host)
             port = f"p{index}"
             _ip("-n", host, "link", "add", "eth0", "type", "veth", "peer", "name", port,
                 "netns", self.bridge)  # fmt: skip
-            _ip("-n", self.bridge, "link", "set", port, "master", "br0")
+            if self.impair is None:
+                _ip("-n", self.bridge, "link", "set", port, "master", "br0")
+            else:
+                # Frames no larger than the MTU, so the switch can forward each one.
+                _ip("-n", host, "link", "set", "eth0", "gso_max_size", "1500")
             _ip("-n", self.bridge, "link", "set", port, "up")
             _ip("-n", host, "addr", "add", f"{address}/24", "broadcast", f"{SUBNET}.255",
                 "dev", "eth0")  # fmt: skip
             _ip("-n", host, "link", "set", "eth0", "up")
+        if self.impair is not None:
+            loss, delay, jitter = self.impair
+            ports = [f"p{index}" for index in range(len(self.hosts))]
+            argv = [sys.executable, str(SWITCH), str(loss), str(delay), str(jitter), *ports]
+            self.switch = subprocess.Popen(
+                ["ip", "netns", "exec", self.bridge, *argv], stdout=subprocess.PIPE, text=True
+            )
+            assert self.switch.stdout is not None
+            if self.switch.stdout.readline().strip() != "ready":
+                raise RuntimeError("the userspace switch did not start")
 
     def remove(self) -> None:
-        """Delete every namespace made (their interfaces go with them)."""
+        """Stop the switch; delete every namespace made (their interfaces go with them)."""
+        if self.switch is not None:
+            self.switch.terminate()
+            try:
+                out, _ = self.switch.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.switch.kill()
+                out, _ = self.switch.communicate()
+            self.switch_counts = json.loads(out.strip().splitlines()[-1]) if out.strip() else {}
+            self.switch = None
         for name in reversed(self._made):
             subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
         self._made.clear()
