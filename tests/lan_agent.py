@@ -27,7 +27,7 @@ Commands (``"id"`` is echoed in the reply):
 ``{"cmd": "file", "peer": ID, "path": PATH}``
     send a file; replies once the receiver verified it
 ``{"cmd": "stats"}``
-    its ``statistics()`` counters
+    some ``statistics()`` counters, how many peers it knows, its peak RSS (MiB)
 ``{"cmd": "quit"}``
     leave (the reply comes once the messenger is closed)
 """
@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import json
 import pathlib
+import resource
 import sys
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import trio
@@ -80,6 +82,11 @@ def _describe(event: trio_p2p.Event) -> dict[str, Any]:
     return out
 
 
+def _plain(value: object) -> object:
+    """A counter as JSON takes it (per-cause counts are read-only mappings)."""
+    return dict(value) if isinstance(value, Mapping) else value
+
+
 class Agent:
     def __init__(self, messenger: trio_p2p.Messenger) -> None:
         self.messenger = messenger
@@ -104,10 +111,19 @@ class Agent:
             return {"node_id": str(m.peer_id), "port": m.tcp_port}
         if kind == "stats":
             stats = m.statistics()
-            return {
-                name: getattr(stats, name)
-                for name in ("file_bytes_sent", "file_bytes_received", "messages_undelivered")
+            counters = {
+                name: _plain(getattr(stats, name))
+                for name in (
+                    "file_bytes_sent",
+                    "file_bytes_received",
+                    "messages_undelivered",
+                    "datagrams_received",
+                    "datagrams_dropped",
+                    "connections_refused",
+                )
             }
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            return {**counters, "peers_discovered": len(m.discovered_peers()), "peak_rss_mib": peak}
         peer = uuid.UUID(command["peer"])
         if kind == "connect":
             info = self.discovered.get(peer)
