@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import resource
 import sys
 import uuid
 from collections.abc import Mapping
@@ -82,6 +81,15 @@ def _describe(event: trio_p2p.Event) -> dict[str, Any]:
     return out
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, not the parent's from
+    before the exec)."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError("no VmHWM in /proc/self/status")
+
+
 def _plain(value: object) -> object:
     """A counter as JSON takes it (per-cause counts are read-only mappings)."""
     return dict(value) if isinstance(value, Mapping) else value
@@ -122,8 +130,11 @@ class Agent:
                     "connections_refused",
                 )
             }
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            return {**counters, "peers_discovered": len(m.discovered_peers()), "peak_rss_mib": peak}
+            return {
+                **counters,
+                "peers_discovered": len(m.discovered_peers()),
+                "peak_rss_mib": _peak_rss_mib(),
+            }
         peer = uuid.UUID(command["peer"])
         if kind == "connect":
             info = self.discovered.get(peer)
