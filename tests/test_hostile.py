@@ -37,6 +37,7 @@ from trio_p2p._messages import (
     Message,
     Text,
 )
+from trio_p2p._messenger import HANDSHAKES_PER_ADDRESS
 
 from .conftest import ConfigFactory
 from .helpers import connect, drain, first_line, texts, wait_for
@@ -115,6 +116,21 @@ async def test_silent_connection_is_dropped_after_the_handshake_timeout(
             await closed_by_peer(stream)
             assert 0.5 <= trio.current_time() - start < 1.5
             assert a.statistics().connections_refused["handshake_timeout"] == 1
+
+
+async def test_one_address_cannot_take_every_handshake_slot(make_config: ConfigFactory) -> None:
+    config = make_config(max_pending_handshakes=64, handshake_timeout=2)
+    with trio.fail_after(10):
+        async with open_messenger("Alice", config) as a:
+            silent = [await raw_connection(a) for _ in range(HANDSHAKES_PER_ADDRESS)]
+            await trio.sleep(0.2)
+            extra = await raw_connection(a)
+            await closed_by_peer(extra)
+            refused = a.statistics().connections_refused
+            assert refused["too_many_handshakes_from_address"] == 1
+            assert refused["handshake_timeout"] == 0  # (the others still wait)
+            for stream in silent:
+                await stream.aclose()
 
 
 async def test_too_many_pending_handshakes_are_refused(make_config: ConfigFactory) -> None:

@@ -63,6 +63,9 @@ CLOSE_PHASE = 0.5
 #: The node that dials a broken session's peer again waits this long after its
 #: first failed attempt, twice as long after each next one, at most
 #: REDIAL_LONGEST, each wait drawn between half and one and a half times that.
+#: Incoming connections from one address allowed in their handshake at once,
+#: so that a host opening idle connections cannot take every handshake slot.
+HANDSHAKES_PER_ADDRESS = 8
 REDIAL_FIRST = 0.1
 REDIAL_LONGEST = 2.0
 #: why a parked session ends when its peer connects without carrying it on
@@ -260,6 +263,8 @@ class Messenger:
         self._admitting: set[uuid.UUID] = set()
         self._registry_changed = trio.lowlevel.ParkingLot()
         self._handshakes = 0
+        #: incoming connections in their handshake, by source address
+        self._handshaking: Counter[str] = Counter()
         self._closing = False
         self._table = PeerTable(
             config.max_discovered_peers,
@@ -669,10 +674,17 @@ class Messenger:
                 self._outlet.nowait(Error(exc))
                 await trio.sleep(0.1)
                 continue
+            try:
+                address = stream.socket.getpeername()[0]
+            except OSError:  # (reset already)
+                await trio.aclose_forcefully(stream)
+                continue
             if self._closing:
                 cause = "closing"
             elif self._handshakes >= self.config.max_pending_handshakes:
                 cause = "too_many_handshakes"
+            elif self._handshaking[address] >= HANDSHAKES_PER_ADDRESS:
+                cause = "too_many_handshakes_from_address"
             elif len(self._connections) >= self.config.max_connections:
                 cause = "too_many_connections"
             else:
@@ -681,7 +693,7 @@ class Messenger:
                 self._refused[cause] += 1
                 await trio.aclose_forcefully(stream)
                 continue
-            self._nursery.start_soon(self._serve_incoming, stream)
+            self._nursery.start_soon(self._serve_incoming, stream, address)
 
     def _admission(self, hello: Hello, address: str) -> tuple[str, str] | PeerConnection | None:
         """Decide on an incoming hello from *address*.
@@ -731,17 +743,16 @@ class Messenger:
             return None
         return "already connected (this node dialled)"
 
-    async def _serve_incoming(self, stream: trio.SocketStream) -> None:
+    async def _serve_incoming(self, stream: trio.SocketStream, address: str) -> None:
         self._handshakes += 1
+        self._handshaking[address] += 1
         try:
-            try:
-                address = stream.socket.getpeername()[0]
-            except OSError:
-                await trio.aclose_forcefully(stream)
-                return
             conn = await self._accept_handshake(stream, address)
         finally:
             self._handshakes -= 1
+            self._handshaking[address] -= 1
+            if not self._handshaking[address]:
+                del self._handshaking[address]
         if conn is not None:
             await self._run_connection(conn)
 
