@@ -24,6 +24,10 @@ Commands (``"id"`` is echoed in the reply):
     queued (messages for a peer whose link is down wait in its session)
 ``{"cmd": "flush", "peer": ID}``
     wait until every message to the peer is acknowledged
+``{"cmd": "disconnect", "peer": ID}``
+    disconnect from the peer
+``{"cmd": "known", "peer": ID}``
+    whether the peer is in its table of discovered peers
 ``{"cmd": "file", "peer": ID, "path": PATH}``
     send a file; replies once the receiver verified it
 ``{"cmd": "stats"}``
@@ -152,6 +156,11 @@ class Agent:
         if kind == "flush":
             await m.flush(peer)
             return {}
+        if kind == "disconnect":
+            await m.disconnect_peer(peer)
+            return {}
+        if kind == "known":
+            return {"known": peer in {p.id for p in m.discovered_peers()}}
         if kind == "file":
             transfer = await m.send_file(peer, command["path"])
             return {"size": transfer.size}

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +21,8 @@ import pytest
 import trio
 
 from .netlan import Agent, NetLan, require_netns
+
+FLOOD = Path(__file__).with_name("lan_flood.py")
 
 #: the default announce interval (Config.announce_interval), seconds
 ANNOUNCE = 1.0
@@ -34,12 +39,14 @@ async def lan_of(
     tmp_path: Path,
     *settings: str,
     impair: tuple[float, float, float] | None = None,
+    bare: int = 0,
 ) -> AsyncIterator[tuple[NetLan, list[Agent]]]:
     """*count* hosts, each running an agent; all stopped and removed on exit.
 
     *impair*: (loss, delay, jitter) of a userspace switch in place of the bridge.
+    *bare*: that many more hosts, with no agent.
     """
-    with NetLan(count, impair) as lan:
+    with NetLan(count + bare, impair) as lan:
         async with trio.open_nursery() as nursery:
             started: dict[int, Agent] = {}
 
@@ -414,3 +421,62 @@ async def test_twenty_peers_in_a_full_mesh_deliver_every_message_once(tmp_path: 
             )
             assert max(peaks) < 150
             assert [e for a in agents for e in a.events if e["event"] == "DeliveryFailed"] == []
+
+
+@pytest.mark.usefixtures("netns")
+async def test_a_host_flooding_the_lan_harms_no_honest_host(tmp_path: Path) -> None:
+    """A fourth host broadcasts thousands of malformed and spoofed beacons a
+    second and keeps 20 idle TCP connections open to each honest host: the
+    honest hosts keep messaging and connecting, none loses sight of another,
+    their tables and memory stay bounded, and their statistics show the flood."""
+    with trio.fail_after(120):
+        async with lan_of(3, tmp_path, bare=1) as (lan, honest):
+            await mesh(honest)
+            marks = [len(agent.events) for agent in honest]
+            argv = lan.command(3, sys.executable, str(FLOOD), "8", "20", *lan.addresses[:3])
+            flood = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+            await trio.sleep(1.5)  # under way
+            await everyone_sends(honest, "", 200)
+            await on_every_pair(honest, lambda a, o: a.command("flush", peer=o.node_id))
+            # a new connection while the idle ones are held open
+            first, second = honest[0], honest[1]
+            await first.command("disconnect", peer=second.node_id)
+            mark = len(first.events)
+            await first.command("connect", peer=second.node_id)
+            await first.wait_event(event_is("PeerConnected", second.node_id), within=10, start=mark)
+            await first.command("send", peer=second.node_id, prefix="again ", count=5)
+            await first.command("flush", peer=second.node_id)
+            stats = [await agent.command("stats") for agent in honest]
+            for agent, other in itertools.permutations(honest, 2):
+                assert (await agent.command("known", peer=other.node_id))["known"]
+            assert flood.stdout is not None
+            output = b""
+            while chunk := await flood.stdout.receive_some(4096):
+                output += chunk
+            await flood.wait()
+            counts = json.loads(output)
+            for agent, mark in zip(honest, marks, strict=True):
+                lost = [e for e in agent.events[mark:] if e["event"] == "PeerLost"]
+                assert all(e["peer"] not in {a.node_id for a in honest} for e in lost)
+            for agent, other in itertools.permutations(honest, 2):
+                prefix = f"{other.name}>{agent.name} "
+                assert agent.texts_from(other.node_id)[:200] == [f"{prefix}{i}" for i in range(200)]
+            for each in stats:
+                assert each["peers_discovered"] <= 2 + 16  # the flood's address: 16 at most
+                assert each["datagrams_dropped"]["malformed"] > 0
+                assert each["connections_refused"]["too_many_handshakes_from_address"] > 0
+                assert each["peak_rss_mib"] < 100
+            print("flood:", counts)
+            print(
+                "honest hosts:",
+                [
+                    (
+                        s["datagrams_received"],
+                        dict(sorted(s["datagrams_dropped"].items())),
+                        dict(sorted(s["connections_refused"].items())),
+                        s["peers_discovered"],
+                        round(s["peak_rss_mib"]),
+                    )
+                    for s in stats
+                ],
+            )
