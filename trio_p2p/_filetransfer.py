@@ -78,6 +78,20 @@ PROGRESS_STEP = 1024 * 1024
 SWEEP_INTERVAL = 3600.0
 
 
+class _Interrupted(TransferError):
+    """The connection broke (no goodbye): its session may carry on over a new one."""
+
+
+def _connection_ended(conn: PeerConnection) -> TransferError:
+    """The error of a transfer whose connection has ended (or is closing)."""
+    reason = f"the connection ended: {conn.reason or 'closing'}"
+    return (
+        _Interrupted(reason)
+        if conn.reason is not None and conn.resumable
+        else (TransferError(reason))
+    )
+
+
 def _ended(transfer: IncomingTransfer) -> bool:
     """Whether *transfer* has ended (read anew after every await: the peer may cancel)."""
     return transfer.done
@@ -192,6 +206,15 @@ class _Outgoing:
 
 
 @attrs.define
+class _Sending:
+    """What an outgoing transfer keeps across the connections it goes over."""
+
+    record: Transfer
+    #: its progress events, once it started
+    progress: _Progress | None = None
+
+
+@attrs.define
 class _Receiving:
     """What the task of an incoming transfer holds, for its cleanup."""
 
@@ -203,6 +226,8 @@ class _Receiving:
     reserved: int = 0
     #: its progress events, once it is under way
     progress: _Progress | None = None
+    #: the digest of the file, once it is saved
+    digest: bytes | None = None
 
 
 @attrs.define(eq=False)
@@ -216,6 +241,20 @@ class _Incoming:
     answered: trio.Event = attrs.field(factory=trio.Event)
     accepted: bool = False
     reason: str = ""
+    #: when it goes on after a broken connection: its progress events so far
+    continues: _Suspended | None = None
+    #: set once its task has ended (and suspended it, if it was interrupted)
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.define(eq=False)
+class _Suspended:
+    """An incoming transfer whose connection broke, waiting to be offered again."""
+
+    peer_id: uuid.UUID
+    record: Transfer
+    progress: _Progress | None
+    failure: TransferError
 
 
 class FileService:
@@ -244,7 +283,15 @@ class FileService:
         self._offer_event = offer_event
         self._counters = counters
         self._outgoing: dict[uuid.UUID, _Outgoing] = {}
+        #: given a connection that broke, waits for the connection that carries
+        #: its session on, if any (set by the messenger)
+        self.resumed: Callable[[PeerConnection], Awaitable[PeerConnection | None]] | None = None
         self._incoming: dict[uuid.UUID, _Incoming] = {}
+        #: incoming transfers whose connection broke, by id, waiting to go on
+        self._suspended: dict[uuid.UUID, _Suspended] = {}
+        #: transfers received lately, by id: (sender, digest), in case a sender
+        #: that missed the verdict offers one again
+        self._completed: dict[uuid.UUID, tuple[uuid.UUID, bytes]] = {}
         #: resume keys of the files being received, so one is never written twice
         self._receiving: set[str] = set()
         #: bytes still to come for the transfers under way (kept free for them)
@@ -321,9 +368,26 @@ class FileService:
     ) -> Transfer:
         entry = _Outgoing(conn, transfer)
         self._outgoing[transfer.id] = entry
+        state = _Sending(record)
         try:
             with entry.scope:
-                return await self._send_steps(entry, record, file)
+                while True:
+                    try:
+                        return await self._send_steps(entry, state, file)
+                    except _Interrupted as exc:
+                        # Its session may carry on: the same transfer goes on over
+                        # the new connection, from what the receiver holds.
+                        conn.transfers.end(transfer.id)
+                        new = None if self.resumed is None else await self.resumed(conn)
+                        if new is None:
+                            raise TransferError(exc.reason) from None
+                        logger.info("sending %s to %s goes on", record.filename, new.peer.name)
+                        conn = entry.conn = new
+                        chunk_size = min(transfer.chunk_size, new.max_body - CHUNK_OVERHEAD)
+                        transfer = entry.transfer = OutgoingTransfer(
+                            transfer.id, transfer.name, transfer.size, chunk_size, transfer.mtime_ns
+                        )
+                        entry.seen = (Phase.OFFERED, -1)
             # cancel_transfer (the transfer has failed with its reason)
             raise TransferError(transfer.failure or "the transfer was cancelled")
         except TransferError as exc:
@@ -344,16 +408,18 @@ class FileService:
             conn.transfers.end(transfer.id)
 
     async def _send_steps(
-        self, entry: _Outgoing, record: Transfer, file: io.BufferedReader
+        self, entry: _Outgoing, state: _Sending, file: io.BufferedReader
     ) -> Transfer:
         conn, transfer = entry.conn, entry.transfer
         await self._send_frame(conn, conn.transfers.add(transfer))
         while transfer.phase is Phase.OFFERED:
             await self._wait(entry)
         self._check(transfer)
-        record = attrs.evolve(record, offset=transfer.start)
-        await self._send_event(FileTransferStarted(record))
-        progress = _Progress(self._offer_event, record)
+        if state.progress is None:  # (not when it goes on over a new connection)
+            state.record = attrs.evolve(state.record, offset=transfer.start)
+            await self._send_event(FileTransferStarted(state.record))
+            state.progress = _Progress(self._offer_event, state.record)
+        record, progress = state.record, state.progress
         hasher = blake3.blake3()
         if transfer.start:
             await trio.to_thread.run_sync(hash_range, file, transfer.start, hasher)
@@ -433,7 +499,7 @@ class FileService:
             with trio.move_on_after(idle):
                 return await wait(argument)
         except PeerNotConnectedError:
-            raise TransferError(f"the connection ended: {conn.reason or 'closing'}") from None
+            raise _connection_ended(conn) from None
         raise TransferError(f"the receiver read nothing for {idle:g} s")
 
     @staticmethod
@@ -461,7 +527,7 @@ class FileService:
             if scope.cancelled_caught:
                 raise TransferError(f"the receiver made no progress for {idle:g} s")
         if conn.reason is not None and not transfer.done:
-            raise TransferError(f"the connection ended: {conn.reason}")
+            raise _connection_ended(conn)
 
     @staticmethod
     def _cancel(
@@ -512,6 +578,26 @@ class FileService:
         record = Transfer(
             transfer.id, conn.peer_id, transfer.name, transfer.size, Direction.RECEIVE
         )
+        earlier = self._incoming.get(transfer.id)
+        if earlier is not None and earlier.conn is not conn and earlier.conn.reason is not None:
+            # (the same transfer, whose connection broke a moment ago: let its
+            # task end, and suspend it, first)
+            with trio.move_on_after(self.config.transfer_idle_timeout):
+                await earlier.done.wait()
+        completed = self._completed.get(transfer.id)
+        if completed is not None and completed[0] == conn.peer_id:
+            send, receive = trio.open_memory_channel[FileChunk | FileEnd](CHUNK_QUEUE)
+            incoming = _Incoming(conn, transfer, record, send, receive)
+            self._incoming[transfer.id] = incoming
+            self._nursery.start_soon(self._confirm_again, incoming, completed[1])
+            return
+        suspended = self._suspended.get(transfer.id)
+        continues = (
+            suspended if suspended is not None and suspended.peer_id == conn.peer_id else None
+        )
+        if continues is not None:
+            del self._suspended[transfer.id]
+            record = continues.record
         refusal = self._refusal(conn, transfer)
         if refusal:
             refused.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
@@ -527,13 +613,13 @@ class FileService:
             await self._send_event(FileTransferFailed(record, TransferError(f"refused: {refusal}")))
             return
         send, receive = trio.open_memory_channel[FileChunk | FileEnd](CHUNK_QUEUE)
-        incoming = _Incoming(conn, transfer, record, send, receive)
+        incoming = _Incoming(conn, transfer, record, send, receive, continues=continues)
         self._incoming[transfer.id] = incoming
-        if self.config.auto_accept_files:
+        if self.config.auto_accept_files or continues is not None:  # (accepted before)
             incoming.accepted = True
             incoming.answered.set()
         self._nursery.start_soon(self._receive, incoming)
-        if not self.config.auto_accept_files:
+        if not incoming.answered.is_set():
             await self._send_event(FileOffered(record))
 
     def _refusal(self, conn: PeerConnection, transfer: IncomingTransfer) -> str:
@@ -559,8 +645,55 @@ class FileService:
                 conn.send_frame_nowait(transfer.reject(reason))
         conn.transfers.end(transfer.id)
 
+    async def _expire(self, transfer_id: uuid.UUID, suspended: _Suspended) -> None:
+        """Fail a suspended incoming transfer not offered again in time."""
+        await trio.sleep(self.config.resume_timeout)
+        if self._suspended.get(transfer_id) is suspended:
+            del self._suspended[transfer_id]
+            self._counters["transfers_failed"] += 1
+            await self._send_event(FileTransferFailed(suspended.record, suspended.failure))
+
+    async def _forget_completed(self, transfer_id: uuid.UUID) -> None:
+        await trio.sleep(self.config.resume_timeout)
+        self._completed.pop(transfer_id, None)
+
+    async def _confirm_again(self, incoming: _Incoming, digest: bytes) -> None:
+        """Answer again the offer of a file saved already.
+
+        Its sender missed the verdict (the connection broke) and offers it
+        again: this node holds every byte, so it accepts at the end and checks
+        the digest against the one it saved.
+        """
+        conn, transfer = incoming.conn, incoming.transfer
+        try:
+            with contextlib.suppress(PeerNotConnectedError):
+                conn.send_frame_nowait(transfer.accept(transfer.size))
+                with trio.move_on_after(self.config.transfer_idle_timeout):
+                    frame = await incoming.arrivals.receive()
+                    if isinstance(frame, FileEnd) and not _ended(transfer):
+                        conn.send_frame_nowait(transfer.verdict(digest))
+        finally:
+            incoming.chunks.close()
+            if self._incoming.get(transfer.id) is incoming:
+                del self._incoming[transfer.id]
+            conn.transfers.end(transfer.id)
+            incoming.done.set()
+
+    def abandon_suspended(self) -> None:
+        """Fail every suspended incoming transfer now (the messenger is closing)."""
+        for suspended in self._suspended.values():
+            self._counters["transfers_failed"] += 1
+            self._offer_event(FileTransferFailed(suspended.record, suspended.failure))
+        self._suspended.clear()
+
     async def _receive(self, incoming: _Incoming) -> None:
         """The task of one incoming transfer, from the offer to the verdict."""
+        try:
+            await self._receive_steps(incoming)
+        finally:
+            incoming.done.set()
+
+    async def _receive_steps(self, incoming: _Incoming) -> None:
         conn, transfer = incoming.conn, incoming.transfer
         work = _Receiving(
             resume_key(conn.peer.name, transfer.name, transfer.size, transfer.mtime_ns)
@@ -589,12 +722,23 @@ class FileService:
             if self._incoming.get(transfer.id) is incoming:
                 del self._incoming[transfer.id]
             conn.transfers.end(transfer.id)
+        if isinstance(failure, _Interrupted) and self.config.resume_timeout > 0:
+            # Its session may carry on: wait for the sender to offer it again.
+            suspended = _Suspended(conn.peer_id, incoming.record, work.progress, failure)
+            self._suspended[transfer.id] = suspended
+            self._nursery.start_soon(self._expire, transfer.id, suspended)
+            logger.info("receiving %s from %s waits: %s", transfer.name, conn.peer.name, failure)
+            return
         if failure is not None:
             self._counters["transfers_failed"] += 1
             logger.info("receiving %s from %s failed: %s", transfer.name, conn.peer.name, failure)
             await self._send_event(FileTransferFailed(incoming.record, failure))
             return
         # Saved and verified (reported here, out of reach of a late cancel).
+        if work.digest is not None and self.config.resume_timeout > 0:
+            # (a sender that did not get the verdict offers it again, see _offered)
+            self._completed[transfer.id] = (conn.peer_id, work.digest)
+            self._nursery.start_soon(self._forget_completed, transfer.id)
         record = incoming.record
         self._counters["transfers_completed"] += 1
         logger.info("received %s from %s as %s", transfer.name, conn.peer.name, record.path)
@@ -611,12 +755,14 @@ class FileService:
             except TransferError as exc:
                 self._cancel(conn, transfer, exc.reason)
                 return exc
-            except PeerNotConnectedError as exc:
-                return TransferError(f"the connection ended: {exc}")
+            except PeerNotConnectedError:
+                return _connection_ended(conn)
         # the scope was cancelled: the peer cancelled, or the connection ended
         if transfer.phase is Phase.VERIFIED:  # ...once the file was saved: it stands
             return None
-        return TransferError(transfer.failure or f"the connection ended: {conn.reason or 'closed'}")
+        if transfer.failure is not None:
+            return TransferError(transfer.failure)
+        return _connection_ended(conn)
 
     async def _accept_and_receive(
         self, incoming: _Incoming, work: _Receiving
@@ -664,9 +810,14 @@ class FileService:
         work.reserved -= partial.offset
         self._reserved -= partial.offset
         conn.send_frame_nowait(transfer.accept(partial.offset))
-        record = incoming.record = attrs.evolve(incoming.record, offset=partial.offset)
-        await self._send_event(FileTransferStarted(record))
-        progress = work.progress = _Progress(self._offer_event, record)
+        continues = incoming.continues
+        if continues is None:
+            record = incoming.record = attrs.evolve(incoming.record, offset=partial.offset)
+            await self._send_event(FileTransferStarted(record))
+            progress = work.progress = _Progress(self._offer_event, record)
+        else:  # it goes on after a broken connection: told once already
+            record = incoming.record
+            progress = work.progress = continues.progress or _Progress(self._offer_event, record)
         written = partial.offset
         fd = partial.file.fileno()  # (written at explicit offsets: its position is unused)
         idle = self.config.transfer_idle_timeout
@@ -714,6 +865,7 @@ class FileService:
                     problem = f"cannot save the file: {_describe(exc)}"
                 else:
                     work.partial = None  # it is the saved file now
+                    work.digest = digest
                     saved = True
                     record = incoming.record = attrs.evolve(record, path=path)
             if _ended(transfer) and not saved:  # the peer cancelled meanwhile

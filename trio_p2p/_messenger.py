@@ -202,6 +202,16 @@ async def _open_listener(config: Config) -> trio.SocketListener:
     raise AssertionError("unreachable: port 0 never reports EADDRINUSE")
 
 
+def _refused(exc: BaseException) -> bool:
+    """Whether *exc* is a connection refused (nothing listens), however wrapped."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return all(_refused(each) for each in cause.exceptions)
+    return cause is not None and _refused(cause)
+
+
 def _text(text: str) -> Text:
     if type(text) is not str:
         raise TypeError(f"text must be a str, not {type(text).__name__}")
@@ -276,6 +286,7 @@ class Messenger:
         self._files = FileService(
             config, nursery, self._outlet.send, self._outlet.offer, self._counters
         )
+        self._files.resumed = self._resumed_connection
         self._discovery = Discovery(
             config,
             discovery_socket,
@@ -1048,27 +1059,68 @@ class Messenger:
 
         The node with the smaller id dials (the rule that settles simultaneous
         dials), where discovery last saw the peer, else where it was connected;
-        the other waits to be dialled. The session ends at its deadline.
+        the other waits to be dialled, and only checks that something still
+        listens there. The session ends at its deadline, or as soon as nothing
+        listens where the peer was (its process ended: a new one would be a new
+        session anyway).
         """
         delay = REDIAL_FIRST
+        gone = ""
+        first = True
         with trio.move_on_at(parked.deadline):
             while self._parked.get(peer_id) is parked and not self._closing:
-                if self.peer_id < peer_id:
-                    where = self._table.get(peer_id) or parked.peer
-                    try:
+                where = self._table.get(peer_id) or parked.peer
+                try:
+                    if self.peer_id < peer_id:
                         await self.connect_to_peer(where)
-                    except (HandshakeError, OSError) as exc:
-                        logger.debug("dialling %s again failed: %s", parked.peer.name, exc)
-                    else:
                         await trio.lowlevel.checkpoint()
                         continue  # (carried on, unless it came back as a new process)
+                    if first:  # (once: the peer dials, if it is there)
+                        await self._still_listening(where)
+                except (HandshakeError, OSError) as exc:
+                    if _refused(exc):
+                        gone = f"nothing listens at {where.address}:{where.port} any more"
+                        break
+                    logger.debug("dialling %s again failed: %s", parked.peer.name, exc)
+                first = False
                 with trio.move_on_after(delay * random.uniform(0.5, 1.5)):
                     await parked.settled.wait()
                 delay = min(2 * delay, REDIAL_LONGEST)
         if self._parked.get(peer_id) is parked:
             timeout = self.config.resume_timeout
-            reason = f"the peer did not come back within {timeout:g} s ({parked.reason})"
+            reason = (
+                f"the peer's process ended ({gone}; {parked.reason})"
+                if gone
+                else f"the peer did not come back within {timeout:g} s ({parked.reason})"
+            )
             await self._end_parked(peer_id, parked, reason)
+
+    async def _still_listening(self, peer: PeerInfo) -> None:
+        """Open (and close at once) a TCP connection to where *peer* listened.
+
+        Raises:
+            ConnectionRefusedError: nothing listens there.
+        """
+        with trio.move_on_after(self.config.handshake_timeout):
+            stream = await trio.open_tcp_stream(peer.address, peer.port)
+            await trio.aclose_forcefully(stream)
+
+    async def _resumed_connection(self, conn: PeerConnection) -> PeerConnection | None:
+        """The connection that carries on *conn*'s session, once there is one.
+
+        None if the session ended instead (or *conn* did not break).
+        """
+        peer_id = conn.peer_id
+        while self._connections.get(peer_id) is conn:  # (until its end is taken in)
+            await self._registry_changed.park()
+        while True:
+            new = self._open_connection(peer_id)
+            if new is not None:
+                return new if new.session is conn.session else None
+            parked = self._parked.get(peer_id)
+            if parked is None or parked.session is not conn.session:
+                return None
+            await self._registry_changed.park()
 
     def _resumes(self, hello: Hello, parked: _Parked | None) -> bool:
         """Whether *hello* offers to carry on *parked* with this node."""
@@ -1095,6 +1147,7 @@ class Messenger:
         if left:
             logger.warning("leaving with %d messages unacknowledged (use flush())", left)
         self._outlet.closing = True
+        self._files.abandon_suspended()
         for peer_id, parked in list(self._parked.items()):
             await self._end_parked(peer_id, parked, "the messenger was closed")
         with trio.move_on_after(CLOSE_PHASE):
