@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -205,18 +206,44 @@ async def test_a_link_down_for_five_seconds_loses_nothing_and_duplicates_nothing
     tmp_path: Path,
 ) -> None:
     """Every host keeps sending to every other while one host's link is down for
-    5 s: once it is back, every message sent before, during and after arrives
-    exactly once and in order, without restarting anything."""
+    5 s, and a file is on its way to that host: once it is back, every message
+    sent before, during and after arrives exactly once and in order, and the
+    file arrives whole, without restarting anything."""
+    size = 256 * 1024 * 1024
+    source = random_file(tmp_path / "moving.bin", size)
     with trio.fail_after(120):
         async with lan_of(3, tmp_path) as (lan, agents):
             await mesh(agents)
             await everyone_sends(agents, "before ", 100)
-            lan.set_link(2, up=False)
-            await everyone_sends(agents, "during ", 100)
-            await trio.sleep(5)
-            lan.set_link(2, up=True)
-            await everyone_sends(agents, "after ", 100)
-            await on_every_pair(agents, lambda a, o: a.command("flush", peer=o.node_id, within=60))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(
+                        agents[0].command,
+                        "file",
+                        peer=agents[2].node_id,
+                        path=str(source),
+                        within=90,
+                    )
+                )
+                moving = await agents[2].wait_event(event_is("FileTransferProgress"), within=10)
+                lan.set_link(2, up=False)
+                await everyone_sends(agents, "during ", 100)
+                await trio.sleep(5)
+                lan.set_link(2, up=True)
+                await everyone_sends(agents, "after ", 100)
+                await on_every_pair(
+                    agents, lambda a, o: a.command("flush", peer=o.node_id, within=60)
+                )
+            arrived = await agents[2].wait_event(
+                event_is("FileTransferCompleted", agents[0].node_id), within=10
+            )
+            assert digest(Path(arrived["path"])) == digest(source)
+            for agent in (agents[0], agents[2]):
+                files = [e["event"] for e in agent.events if e["event"].startswith("FileTransfer")]
+                assert "FileTransferFailed" not in files
+            sent = (await agents[0].command("stats"))["file_bytes_sent"]
+            print(f"file: {moving['done']:,} of {size:,} in when the link went down; {sent:,} sent")
+            assert moving["done"] < size
             for agent, other in itertools.permutations(agents, 2):
                 last = f"after {other.name}>{agent.name} 99"
                 await agent.wait_event(  # (acknowledged: on its way up the agent's pipe)
