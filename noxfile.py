@@ -39,3 +39,10 @@ def bench(session: nox.Session) -> None:
     session.install(".[test]")
     session.run("python", "benchmarks/bench_messages.py", *session.posargs)
     session.run("python", "benchmarks/bench_files.py")
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """The 20-peer mesh on the namespace LAN for some minutes (needs root)."""
+    session.install(".[test]")
+    session.run("python", "benchmarks/soak_lan.py", *session.posargs)

@@ -11,7 +11,9 @@ address of every interface ifaddr finds), using only the public API, and:
     python lan_agent.py NAME DOWNLOAD_DIR [SETTING=VALUE ...]
 
 Settings after the folder override Config fields (numbers), for the tests that
-must not wait for a default: ``resume_timeout=3``.
+must not wait for a default: ``resume_timeout=3``. The setting ``quiet=1`` is
+the agent's own: it does not write MessageReceived events, only counts them
+and their latency (see ``latency``), for long runs at a high rate.
 
 Commands (``"id"`` is echoed in the reply):
 
@@ -30,6 +32,9 @@ Commands (``"id"`` is echoed in the reply):
     whether the peer is in its table of discovered peers
 ``{"cmd": "file", "peer": ID, "path": PATH}``
     send a file; replies once the receiver verified it
+``{"cmd": "latency"}``
+    messages received since the last call, and the 50th and 99th percentile
+    of their latency (from the sender's timestamp; one clock on one machine)
 ``{"cmd": "stats"}``
     some ``statistics()`` counters, how many peers it knows, its peak RSS (MiB)
 ``{"cmd": "quit"}``
@@ -41,6 +46,7 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -85,13 +91,13 @@ def _describe(event: trio_p2p.Event) -> dict[str, Any]:
     return out
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss, not the parent's from
-    before the exec)."""
+def _rss_mib(field: str = "VmHWM") -> float:
+    """This process's peak (VmHWM) or current (VmRSS) RSS; VmHWM, unlike
+    ru_maxrss, is not the parent's from before the exec."""
     for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise LookupError("no VmHWM in /proc/self/status")
+    raise LookupError(f"no {field} in /proc/self/status")
 
 
 def _plain(value: object) -> object:
@@ -100,8 +106,10 @@ def _plain(value: object) -> object:
 
 
 class Agent:
-    def __init__(self, messenger: trio_p2p.Messenger) -> None:
+    def __init__(self, messenger: trio_p2p.Messenger, *, quiet: bool = False) -> None:
         self.messenger = messenger
+        self.quiet = quiet
+        self.latencies: list[float] = []
         self.discovered: dict[uuid.UUID, trio_p2p.PeerInfo] = {}
         self.lock = trio.Lock()  # one line at a time on stdout
 
@@ -112,6 +120,12 @@ class Agent:
 
     async def events(self) -> None:
         async for event in self.messenger.events:
+            if isinstance(event, trio_p2p.MessageReceived):
+                latency = time.time() - event.message.timestamp
+                if len(self.latencies) < 1_000_000:  # (bounded between two calls)
+                    self.latencies.append(latency)
+                if self.quiet:
+                    continue
             if isinstance(event, trio_p2p.PeerDiscovered):
                 self.discovered[event.peer.id] = event.peer
             await self.write(_describe(event))
@@ -121,6 +135,16 @@ class Agent:
         kind = command["cmd"]
         if kind == "info":
             return {"node_id": str(m.peer_id), "port": m.tcp_port}
+        if kind == "latency":
+            seen, self.latencies = sorted(self.latencies), []
+            if not seen:
+                return {"count": 0}
+            return {
+                "count": len(seen),
+                "p50_ms": 1000 * seen[len(seen) // 2],
+                "p99_ms": 1000 * seen[min(len(seen) - 1, len(seen) * 99 // 100)],
+                "rss_mib": _rss_mib("VmRSS"),
+            }
         if kind == "stats":
             stats = m.statistics()
             counters = {
@@ -137,7 +161,7 @@ class Agent:
             return {
                 **counters,
                 "peers_discovered": len(m.discovered_peers()),
-                "peak_rss_mib": _peak_rss_mib(),
+                "peak_rss_mib": _rss_mib(),
             }
         peer = uuid.UUID(command["peer"])
         if kind == "connect":
@@ -180,10 +204,11 @@ async def main(name: str, download_dir: str, *settings: str) -> None:
     for setting in settings:
         key, value = setting.split("=", 1)
         changes[key] = float(value)
+    quiet = bool(changes.pop("quiet", 0))
     config = trio_p2p.Config(download_dir=pathlib.Path(download_dir), **changes)
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
     async with trio_p2p.open_messenger(name, config) as messenger:
-        agent = Agent(messenger)
+        agent = Agent(messenger, quiet=quiet)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(agent.events)
             await agent.write({"event": "ready", "node_id": str(messenger.peer_id)})
