@@ -166,6 +166,13 @@ class NetLan:
         """Take host *index*'s eth0 down or up (in its namespace)."""
         _ip("-n", self.hosts[index], "link", "set", "eth0", "up" if up else "down")
 
+    def move(self, index: int, address: str) -> None:
+        """Give host *index* a new address on the LAN (as a DHCP change would)."""
+        host = self.hosts[index]
+        _ip("-n", host, "addr", "del", f"{self.addresses[index]}/24", "dev", "eth0")
+        _ip("-n", host, "addr", "add", f"{address}/24", "broadcast", f"{SUBNET}.255", "dev", "eth0")
+        self.addresses[index] = address
+
     def command(self, index: int, *argv: str) -> list[str]:
         """*argv* run inside host *index*'s namespace."""
         return ["ip", "netns", "exec", self.hosts[index], *argv]

@@ -507,3 +507,33 @@ async def test_a_host_flooding_the_lan_harms_no_honest_host(tmp_path: Path) -> N
                     for s in stats
                 ],
             )
+
+
+@pytest.mark.usefixtures("netns")
+async def test_a_host_that_comes_back_at_a_new_address_resumes_there(tmp_path: Path) -> None:
+    """Host 1's link goes down and comes back with another address: discovery
+    sees it there, the node that dials again dials it there (or it dials the
+    other, whose address did not change), and the session carries on."""
+    with trio.fail_after(90):
+        async with lan_of(2, tmp_path) as (lan, agents):
+            await mesh(agents)
+            first, moving = agents
+            await first.command("send", peer=moving.node_id, prefix="before ", count=50)
+            lan.set_link(1, up=False)
+            lan.move(1, "10.77.0.20")
+            await first.command("send", peer=moving.node_id, prefix="during ", count=50)
+            await trio.sleep(1)
+            lan.set_link(1, up=True)
+            # (the heartbeat times the old connection out; then whichever dials
+            # again finds the other: at its new address, once discovery moved it)
+            await first.command("flush", peer=moving.node_id, within=40)
+            await moving.wait_event(event_is("MessageReceived", text="during 49"), within=10)
+            expected = [f"{phase} {i}" for phase in ("before", "during") for i in range(50)]
+            assert moving.texts_from(first.node_id) == expected
+            assert [e for a in agents for e in a.events if e["event"] == "DeliveryFailed"] == []
+            # the old connection's address is gone: it broke, and a new one resumed
+            connected = [e for e in first.events if e["event"] == "PeerConnected"]
+            assert [(e["resumed"], e["address"]) for e in connected] == [
+                (False, "10.77.0.2"),
+                (True, "10.77.0.20"),
+            ]

@@ -488,9 +488,11 @@ class Messenger:
                 try:
                     return await conn.send(content)
                 except PeerNotConnectedError:
-                    if self._kept_session(peer_id) is None:
+                    if self._kept_session(peer_id) is None and not self._session_lives(
+                        peer_id, conn.session
+                    ):
                         raise
-                    continue  # it broke meanwhile: the message waits in its session
+                    continue  # it broke meanwhile: the message goes on in its session
             kept = self._kept_session(peer_id)
             if kept is None:
                 raise PeerNotConnectedError(peer_id)
@@ -585,7 +587,7 @@ class Messenger:
                     return
                 except DeliveryError:
                     await conn.finished.wait()  # (parked by then, if it broke)
-                    if peer_id not in self._parked:
+                    if not self._session_lives(peer_id, conn.session):
                         raise
                     continue
             parked = self._parked.get(peer_id)
@@ -800,6 +802,7 @@ class Messenger:
                     with trio.move_on_after(self.config.handshake_timeout):
                         await send_frame(stream, Goodbye(code, reason))
                 else:
+                    await self._ended_connection_settled(hello.node_id)
                     parked = self._parked.get(hello.node_id)
                     resumes = self._resumes(hello, parked)
                     if parked is not None and not resumes:
@@ -878,6 +881,11 @@ class Messenger:
             await trio.aclose_forcefully(stream)
             task_status.started(winner)  # connect_to_peer is idempotent
             return
+        try:
+            await self._ended_connection_settled(hello.node_id)
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
         parked = self._parked.get(hello.node_id)
         resumes = parked is not None and parked is offered and self._resumes(hello, parked)
         try:
@@ -1104,6 +1112,24 @@ class Messenger:
         with trio.move_on_after(self.config.handshake_timeout):
             stream = await trio.open_tcp_stream(peer.address, peer.port)
             await trio.aclose_forcefully(stream)
+
+    def _session_lives(self, peer_id: uuid.UUID, session: Session) -> bool:
+        """Whether *session* waits for its peer, or carries on over a new connection."""
+        parked = self._parked.get(peer_id)
+        if parked is not None:
+            return parked.session is session
+        conn = self._connections.get(peer_id)
+        return conn is not None and conn.session is session
+
+    async def _ended_connection_settled(self, peer_id: uuid.UUID) -> None:
+        """Wait until a connection to *peer_id* that has ended is taken in.
+
+        Between its end and the report of it, its session is neither live nor
+        parked: a new connection from the same peer must not decide on its
+        session (carry it on, or start a new one) before that.
+        """
+        while (old := self._connections.get(peer_id)) is not None and not old.is_open:
+            await self._registry_changed.park()
 
     async def _resumed_connection(self, conn: PeerConnection) -> PeerConnection | None:
         """The connection that carries on *conn*'s session, once there is one.
