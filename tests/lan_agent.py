@@ -48,7 +48,7 @@ import pathlib
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import trio
@@ -199,6 +199,16 @@ class Agent:
         await self.write(reply)
 
 
+async def json_lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of *stream*, one per line, until it ends."""
+    buffer = b""
+    while data := await stream.receive_some(65536):
+        buffer += data
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield json.loads(line)
+
+
 async def main(name: str, download_dir: str, *settings: str) -> None:
     changes: dict[str, Any] = {}
     for setting in settings:
@@ -212,20 +222,12 @@ async def main(name: str, download_dir: str, *settings: str) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(agent.events)
             await agent.write({"event": "ready", "node_id": str(messenger.peer_id)})
-            buffer = b""
             quit_id: object = None
-            while quit_id is None:
-                data = await stdin.receive_some(65536)
-                if not data:
+            async for command in json_lines(stdin):
+                if command["cmd"] == "quit":
+                    quit_id = command.get("id")
                     break
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    command = json.loads(line)
-                    if command["cmd"] == "quit":
-                        quit_id = command.get("id")
-                        break
-                    nursery.start_soon(agent.serve, command)
+                nursery.start_soon(agent.serve, command)
             nursery.cancel_scope.cancel()
     sys.stdout.write(json.dumps({"reply": quit_id}) + "\n")
     sys.stdout.flush()

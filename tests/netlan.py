@@ -30,6 +30,8 @@ from typing import Any
 import pytest
 import trio
 
+from .lan_agent import json_lines
+
 __all__ = ["Agent", "NetLan", "require_netns"]
 
 #: every namespace of these tests starts with this
@@ -214,20 +216,12 @@ class Agent:
 
     async def _read(self) -> None:
         assert self.process.stdout is not None
-        buffer = b""
-        while True:
-            data = await self.process.stdout.receive_some(65536)
-            if not data:
-                break
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                record = json.loads(line)
-                if "reply" in record:
-                    self._replies[record["reply"]] = record
-                else:
-                    self.events.append(record)
-                self._changed.unpark_all()
+        async for record in json_lines(self.process.stdout):
+            if "reply" in record:
+                self._replies[record["reply"]] = record
+            else:
+                self.events.append(record)
+            self._changed.unpark_all()
         self._changed.unpark_all()
 
     async def wait_event(self, match: Any, *, within: float, start: int = 0) -> dict[str, Any]:
