@@ -605,8 +605,10 @@ class Messenger:
         The file is read chunk by chunk, never whole. Progress arrives as
         :class:`~trio_p2p.FileTransferProgress` events. If an earlier transfer of
         the same file (same name, size and modification time) to the same peer
-        was interrupted, the peer resumes it where it stopped. Cancelling the
-        call cancels the transfer (the peer keeps what it has, to resume).
+        was interrupted, the peer resumes it where it stopped. If the connection
+        breaks meanwhile and its session carries on over a new one, the same
+        transfer goes on there (see :doc:`/delivery`). Cancelling the call
+        cancels the transfer (the peer keeps what it has, to resume).
 
         Returns:
             The transfer, as completed.
@@ -614,7 +616,7 @@ class Messenger:
         Raises:
             PeerNotConnectedError: no live connection to that peer.
             TransferError: the file cannot be read, the peer refused it or could
-                not verify it, or the connection ended first.
+                not verify it, or the session ended first.
         """
         conn = self._connection(peer_id)
         return await self._files.send(conn, pathlib.Path(path))
