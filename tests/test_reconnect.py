@@ -35,6 +35,7 @@ from trio_p2p import (
     Text,
     open_messenger,
 )
+from trio_p2p._files import DownloadFolder
 
 from .conftest import ConfigFactory
 from .helpers import connect, texts, wait_for
@@ -247,3 +248,51 @@ async def test_a_file_transfer_goes_on_after_the_link_breaks(
             assert done.transfer.path.read_bytes() == source.read_bytes()
             bytes_sent = a.statistics().file_bytes_sent
             assert size <= bytes_sent < size + size // 2  # the rest only, after the break
+
+
+async def test_a_verdict_lost_with_the_link_is_given_again_from_the_saved_file(
+    make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link breaks right after Bob saved the file, before his verdict goes
+    out: Alice offers the transfer again over the new connection, Bob accepts it
+    at its end and confirms the digest he kept. One file, one completion each,
+    and not a byte sent twice."""
+    size = 3 * 1024 * 1024 + 5
+    source = tmp_path / "a.bin"
+    source.write_bytes(os.urandom(size))
+    finish = DownloadFolder.finish
+    breaks: list[Messenger] = []
+
+    def finish_then_break(folder: DownloadFolder, *args: Any) -> pathlib.Path:
+        saved = finish(folder, *args)
+        bob, alice = breaks
+        break_link(bob, alice.peer_id)  # (from the worker thread: a system call)
+        return saved
+
+    monkeypatch.setattr(DownloadFolder, "finish", finish_then_break)
+    with trio.fail_after(30):
+        async with (
+            open_messenger("Alice", make_config(resume_timeout=10)) as a,
+            open_messenger(
+                "Bob", make_config(resume_timeout=10, download_dir=tmp_path / "bob")
+            ) as b,
+        ):
+            await connect(a, b)
+            breaks.extend([b, a])
+            seen_a: list[Event] = []
+            seen_b: list[Event] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(record, a, seen_a)
+                nursery.start_soon(record, b, seen_b)
+                await a.send_file(b.peer_id, source)
+                await trio.testing.wait_all_tasks_blocked()
+                nursery.cancel_scope.cancel()
+            for seen, peer in ((seen_a, b.peer_id), (seen_b, a.peer_id)):
+                ended = [
+                    e for e in seen if isinstance(e, FileTransferCompleted | FileTransferFailed)
+                ]
+                assert [type(e) for e in ended] == [FileTransferCompleted]
+                assert kinds(seen, peer) == ["disconnected, resuming", "connected, resumed"]
+            assert sorted(p.name for p in (tmp_path / "bob").iterdir()) == ["a.bin"]
+            assert (tmp_path / "bob" / "a.bin").read_bytes() == source.read_bytes()
+            assert a.statistics().file_bytes_sent == size

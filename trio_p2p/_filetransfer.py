@@ -758,8 +758,8 @@ class FileService:
             except PeerNotConnectedError:
                 return _connection_ended(conn)
         # the scope was cancelled: the peer cancelled, or the connection ended
-        if transfer.phase is Phase.VERIFIED:  # ...once the file was saved: it stands
-            return None
+        if transfer.phase is Phase.VERIFIED or work.digest is not None:
+            return None  # ...once the file was saved: it stands
         if transfer.failure is not None:
             return TransferError(transfer.failure)
         return _connection_ended(conn)
@@ -876,7 +876,11 @@ class FileService:
                 logger.info("%s was cancelled by its sender after it was complete", record.path)
             else:
                 verdict = transfer.verdict(digest, problem)
-                conn.send_frame_nowait(verdict)
+                # (a connection that ended meanwhile changes nothing here: a
+                # saved file stands, and its sender, if the session carries on,
+                # offers it again and is answered from what was kept)
+                with contextlib.suppress(PeerNotConnectedError):
+                    conn.send_frame_nowait(verdict)
                 if not verdict.verified:
                     work.keep = False  # corrupt or unsavable: start over next time
                     return TransferError(verdict.reason)
