@@ -12,6 +12,7 @@ import pathlib
 import socket
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ import trio.testing
 
 import trio_p2p._filetransfer as filetransfer
 from trio_p2p import (
+    Config,
     DeliveryFailed,
     Event,
     FileTransferCompleted,
@@ -296,3 +298,29 @@ async def test_a_verdict_lost_with_the_link_is_given_again_from_the_saved_file(
             assert sorted(p.name for p in (tmp_path / "bob").iterdir()) == ["a.bin"]
             assert (tmp_path / "bob" / "a.bin").read_bytes() == source.read_bytes()
             assert a.statistics().file_bytes_sent == size
+
+
+async def test_saved_transfers_are_remembered_for_a_while_and_a_bounded_number(
+    mock_clock: trio.testing.MockClock, tmp_path: pathlib.Path
+) -> None:
+    """What answers a lost verdict cannot grow without bound: at most
+    COMPLETED_KEPT entries, each for resume_timeout."""
+    config = Config(resume_timeout=30, download_dir=tmp_path)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+
+            async def ignore(event: Event) -> bool:
+                return True
+
+            files = filetransfer.FileService(config, nursery, ignore, lambda e: True, Counter())
+            peer = uuid.uuid4()
+            ids = [uuid.uuid4() for _ in range(filetransfer.COMPLETED_KEPT + 10)]
+            for transfer_id in ids:
+                files._remember_completed(transfer_id, peer, b"d" * 32)
+            assert len(files._completed) == filetransfer.COMPLETED_KEPT
+            assert ids[0] not in files._completed  # the oldest went first
+            assert ids[-1] in files._completed
+            mock_clock.jump(31)
+            files._remember_completed(uuid.uuid4(), peer, b"d" * 32)
+            assert len(files._completed) == 1  # the expired ones went
+            nursery.cancel_scope.cancel()

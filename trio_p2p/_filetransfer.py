@@ -68,6 +68,8 @@ TOTAL_INCOMING_FACTOR = 4
 #: task; the task writes (and hashes) all that wait, up to this many, in one
 #: call to a worker thread (a call costs about as much as moving a chunk).
 CHUNK_QUEUE = 4
+#: Saved transfers remembered at most (see FileService._remember_completed).
+COMPLETED_KEPT = 1024
 #: Chunks a sender reads (and hashes) in one call to a worker thread.
 SEND_BATCH = 4
 #: Progress events of one transfer are at least this many seconds apart...
@@ -289,9 +291,9 @@ class FileService:
         self._incoming: dict[uuid.UUID, _Incoming] = {}
         #: incoming transfers whose connection broke, by id, waiting to go on
         self._suspended: dict[uuid.UUID, _Suspended] = {}
-        #: transfers received lately, by id: (sender, digest), in case a sender
-        #: that missed the verdict offers one again
-        self._completed: dict[uuid.UUID, tuple[uuid.UUID, bytes]] = {}
+        #: transfers received lately, by id: (sender, digest, until when), in
+        #: case a sender that missed the verdict offers one again
+        self._completed: dict[uuid.UUID, tuple[uuid.UUID, bytes, float]] = {}
         #: resume keys of the files being received, so one is never written twice
         self._receiving: set[str] = set()
         #: bytes still to come for the transfers under way (kept free for them)
@@ -585,7 +587,11 @@ class FileService:
             with trio.move_on_after(self.config.transfer_idle_timeout):
                 await earlier.done.wait()
         completed = self._completed.get(transfer.id)
-        if completed is not None and completed[0] == conn.peer_id:
+        if (
+            completed is not None
+            and completed[0] == conn.peer_id
+            and completed[2] > trio.current_time()
+        ):
             send, receive = trio.open_memory_channel[FileChunk | FileEnd](CHUNK_QUEUE)
             incoming = _Incoming(conn, transfer, record, send, receive)
             self._incoming[transfer.id] = incoming
@@ -653,9 +659,17 @@ class FileService:
             self._counters["transfers_failed"] += 1
             await self._send_event(FileTransferFailed(suspended.record, suspended.failure))
 
-    async def _forget_completed(self, transfer_id: uuid.UUID) -> None:
-        await trio.sleep(self.config.resume_timeout)
-        self._completed.pop(transfer_id, None)
+    def _remember_completed(
+        self, transfer_id: uuid.UUID, peer_id: uuid.UUID, digest: bytes
+    ) -> None:
+        """Keep a saved transfer's digest for resume_timeout (at most COMPLETED_KEPT)."""
+        now = trio.current_time()
+        completed = self._completed
+        while completed and (
+            len(completed) >= COMPLETED_KEPT or next(iter(completed.values()))[2] <= now
+        ):
+            del completed[next(iter(completed))]  # (the oldest)
+        completed[transfer_id] = (peer_id, digest, now + self.config.resume_timeout)
 
     async def _confirm_again(self, incoming: _Incoming, digest: bytes) -> None:
         """Answer again the offer of a file saved already.
@@ -722,7 +736,12 @@ class FileService:
             if self._incoming.get(transfer.id) is incoming:
                 del self._incoming[transfer.id]
             conn.transfers.end(transfer.id)
-        if isinstance(failure, _Interrupted) and self.config.resume_timeout > 0:
+        limit = TOTAL_INCOMING_FACTOR * self.config.max_incoming_transfers
+        if (
+            isinstance(failure, _Interrupted)
+            and self.config.resume_timeout > 0
+            and len(self._suspended) < limit
+        ):
             # Its session may carry on: wait for the sender to offer it again.
             suspended = _Suspended(conn.peer_id, incoming.record, work.progress, failure)
             self._suspended[transfer.id] = suspended
@@ -737,8 +756,7 @@ class FileService:
         # Saved and verified (reported here, out of reach of a late cancel).
         if work.digest is not None and self.config.resume_timeout > 0:
             # (a sender that did not get the verdict offers it again, see _offered)
-            self._completed[transfer.id] = (conn.peer_id, work.digest)
-            self._nursery.start_soon(self._forget_completed, transfer.id)
+            self._remember_completed(transfer.id, conn.peer_id, work.digest)
         record = incoming.record
         self._counters["transfers_completed"] += 1
         logger.info("received %s from %s as %s", transfer.name, conn.peer.name, record.path)
