@@ -13,6 +13,8 @@ import socket
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -189,6 +191,19 @@ async def test_disconnecting_a_peer_whose_link_is_down_ends_its_session(
                 await a.disconnect_peer(bob)
 
 
+@asynccontextmanager
+async def alice_and_bob(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> AsyncIterator[tuple[Messenger, Messenger]]:
+    """Alice and Bob connected, sessions kept 10 s; Bob saves files in tmp_path/bob."""
+    async with (
+        open_messenger("Alice", make_config(resume_timeout=10)) as a,
+        open_messenger("Bob", make_config(resume_timeout=10, download_dir=tmp_path / "bob")) as b,
+    ):
+        await connect(a, b)
+        yield a, b
+
+
 async def test_a_file_transfer_goes_on_after_the_link_breaks(
     make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,13 +221,7 @@ async def test_a_file_transfer_goes_on_after_the_link_breaks(
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(size))
     with trio.fail_after(60):
-        async with (
-            open_messenger("Alice", make_config(resume_timeout=10)) as a,
-            open_messenger(
-                "Bob", make_config(resume_timeout=10, download_dir=tmp_path / "bob")
-            ) as b,
-        ):
-            await connect(a, b)
+        async with alice_and_bob(make_config, tmp_path) as (a, b):
             seen_a: list[Event] = []
             seen_b: list[Event] = []
             async with trio.open_nursery() as nursery:
@@ -273,13 +282,7 @@ async def test_a_verdict_lost_with_the_link_is_given_again_from_the_saved_file(
 
     monkeypatch.setattr(DownloadFolder, "finish", finish_then_break)
     with trio.fail_after(30):
-        async with (
-            open_messenger("Alice", make_config(resume_timeout=10)) as a,
-            open_messenger(
-                "Bob", make_config(resume_timeout=10, download_dir=tmp_path / "bob")
-            ) as b,
-        ):
-            await connect(a, b)
+        async with alice_and_bob(make_config, tmp_path) as (a, b):
             breaks.extend([b, a])
             seen_a: list[Event] = []
             seen_b: list[Event] = []
