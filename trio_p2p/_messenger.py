@@ -1130,8 +1130,9 @@ class Messenger:
         parked: a new connection from the same peer must not decide on its
         session (carry it on, or start a new one) before that.
         """
-        while (old := self._connections.get(peer_id)) is not None and not old.is_open:
-            await self._registry_changed.park()
+        with trio.move_on_after(self.config.handshake_timeout):  # (it takes moments)
+            while (old := self._connections.get(peer_id)) is not None and not old.is_open:
+                await self._registry_changed.park()
 
     async def _resumed_connection(self, conn: PeerConnection) -> PeerConnection | None:
         """The connection that carries on *conn*'s session, once there is one.
