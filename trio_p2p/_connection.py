@@ -54,6 +54,7 @@ __all__ = [
     "ReceiveNowait",
     "SendAll",
     "WriteNowait",
+    "number_message",
     "receive_hello",
     "send_frame",
 ]
@@ -154,6 +155,22 @@ class LocalNode:
             resumes=None if resume is None else resume.peer_nonce,
             received=0 if resume is None else resume.last_received,
         )
+
+
+def number_message(
+    session: Session, ids: MessageIds, local: LocalNode, content: Content, max_body: int
+) -> tuple[Message, bytes]:
+    """A new message from *local*, numbered in *session*, and its Data frame.
+
+    Raises:
+        ValueError: its frame is larger than *max_body* (nothing is numbered).
+    """
+    message = Message(ids.new(), local.node_id, local.name, time.time(), content)
+    frame = encode_data(session.last_sent + 1, message)
+    if len(frame) - 4 > max_body:
+        raise ValueError(f"message of {len(frame) - 4} bytes exceeds the frame limit of {max_body}")
+    session.number(message)
+    return message, frame
 
 
 class _Ended(Exception):
@@ -394,19 +411,7 @@ class PeerConnection:
         session = self.session
         if session.window_full or len(self._outgoing) >= QUEUE_LIMIT:
             raise trio.WouldBlock
-        message = Message(
-            self._ids.new(),
-            self.local.node_id,
-            self.local.name,
-            time.time(),
-            content,
-        )
-        frame = encode_data(session.last_sent + 1, message)
-        if len(frame) - 4 > self._max_body:
-            raise ValueError(
-                f"message of {len(frame) - 4} bytes exceeds the frame limit of {self._max_body}"
-            )
-        session.number(message)
+        message, frame = number_message(session, self._ids, self.local, content, self._max_body)
         if self._debug:
             logger.debug("-> %s: message %d %s", self.peer.name, session.last_sent, message.id)
         outgoing = self._outgoing
@@ -666,7 +671,6 @@ class PeerConnection:
             self._writer_lot.unpark()
 
     async def _write_loop(self) -> None:
-        send_all = self._send_all
         chunks = self._chunks
         streaming = False
         while True:
@@ -694,30 +698,27 @@ class PeerConnection:
                     size = grown
             if not self._outgoing and not self._ack_wanted and not self._pong_wanted:
                 continue  # written directly by a sender meanwhile
-            data = self._take_output()
-            self._writer_busy = True
-            try:
-                await send_all(data)
-            finally:
-                self._writer_busy = False
-            self.bytes_sent += len(data)
+            await self._write(self._take_output())
             streaming = bool(self._outgoing)
             if chunks and not self._closing:
                 # One chunk, then whatever was queued meanwhile (messages do not
                 # wait behind a whole file).
                 await self._write_chunk()
 
+    async def _write(self, data: bytes | bytearray | memoryview) -> None:
+        self._writer_busy = True
+        try:
+            await self._send_all(data)
+        finally:
+            self._writer_busy = False
+        self.bytes_sent += len(data)
+
     async def _write_chunk(self) -> None:
         frame, written = self._chunks[0]
         self._last_sent = trio.current_time()
-        self._writer_busy = True
-        try:
-            await self._send_all(frame)
-        finally:
-            self._writer_busy = False
+        await self._write(frame)
         self._chunks.popleft()
         written.set()
-        self.bytes_sent += len(frame)
         self._drained_lot.unpark_all()
 
     async def _read_loop(self) -> None:

@@ -87,11 +87,9 @@ class _Interrupted(TransferError):
 def _connection_ended(conn: PeerConnection) -> TransferError:
     """The error of a transfer whose connection has ended (or is closing)."""
     reason = f"the connection ended: {conn.reason or 'closing'}"
-    return (
-        _Interrupted(reason)
-        if conn.reason is not None and conn.resumable
-        else (TransferError(reason))
-    )
+    if conn.reason is not None and conn.resumable:
+        return _Interrupted(reason)
+    return TransferError(reason)
 
 
 def _ended(transfer: IncomingTransfer) -> bool:

@@ -9,7 +9,6 @@ import os
 import pathlib
 import random
 import socket
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,9 +17,16 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from ._codec import FrameDecoder, MessageIds, check_name, encode_data
+from ._codec import FrameDecoder, MessageIds, check_name
 from ._config import Config
-from ._connection import HELLO_LIMIT, LocalNode, PeerConnection, receive_hello, send_frame
+from ._connection import (
+    HELLO_LIMIT,
+    LocalNode,
+    PeerConnection,
+    number_message,
+    receive_hello,
+    send_frame,
+)
 from ._discovery import Discovery, PeerTable, open_discovery_socket
 from ._errors import DeliveryError, HandshakeError, PeerNotConnectedError, ProtocolError
 from ._events import (
@@ -60,12 +66,12 @@ bad_input = RateLimitedWarnings(logger)
 #: (after ``Config.shutdown_grace``); connections still open then are cancelled,
 #: and their end is still reported.
 CLOSE_PHASE = 0.5
-#: The node that dials a broken session's peer again waits this long after its
-#: first failed attempt, twice as long after each next one, at most
-#: REDIAL_LONGEST, each wait drawn between half and one and a half times that.
 #: Incoming connections from one address allowed in their handshake at once,
 #: so that a host opening idle connections cannot take every handshake slot.
 HANDSHAKES_PER_ADDRESS = 8
+#: The node that dials a broken session's peer again waits this long after its
+#: first failed attempt, twice as long after each next one, at most
+#: REDIAL_LONGEST, each wait drawn between half and one and a half times that.
 REDIAL_FIRST = 0.1
 REDIAL_LONGEST = 2.0
 #: why a parked session ends when its peer connects without carrying it on
@@ -531,13 +537,7 @@ class Messenger:
         """
         if session.window_full:
             raise trio.WouldBlock
-        message = Message(
-            self._parked_ids.new(), self.peer_id, self.peer_name, time.time(), content
-        )
-        size = len(encode_data(session.last_sent + 1, message)) - 4
-        if size > max_body:
-            raise ValueError(f"message of {size} bytes exceeds the frame limit of {max_body}")
-        session.number(message)
+        message, _ = number_message(session, self._parked_ids, self._local, content, max_body)
         return message
 
     async def broadcast_text_message(self, text: str) -> list[Message]:
@@ -885,12 +885,8 @@ class Messenger:
             return
         try:
             await self._ended_connection_settled(hello.node_id)
-        except BaseException:
-            await trio.aclose_forcefully(stream)
-            raise
-        parked = self._parked.get(hello.node_id)
-        resumes = parked is not None and parked is offered and self._resumes(hello, parked)
-        try:
+            parked = self._parked.get(hello.node_id)
+            resumes = parked is not None and parked is offered and self._resumes(hello, parked)
             if parked is not None and not resumes:
                 await self._end_parked(hello.node_id, parked, _NOT_RESUMED)
             conn = self._new_connection(
