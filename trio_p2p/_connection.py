@@ -246,7 +246,7 @@ class PeerConnection:
             buffer, which is reused, instead of into a new bytes object each time.
         receive_nowait: like *receive_into*, but raises :exc:`BlockingIOError`
             instead of waiting. When given with *receive_into*, the reader uses
-            it for the rest of a frame it has begun (a file chunk comes in
+            it for the rest of a large frame it has begun (a file chunk comes in
             several receives), without a task switch for each.
         send_all: writes all the given bytes to the same stream (by default the
             stream's ``send_all``); one that switches tasks only when it must
@@ -745,9 +745,11 @@ class PeerConnection:
             size = min(max(RECEIVE_SIZE, missing), MAX_RECEIVE_SIZE)
             if receive_into is not None:
                 with decoder.receive_buffer(size) as room:
-                    if missing and receive_nowait is not None:
-                        # The rest of a frame under way: no task switch unless it
-                        # must wait (a switch per frame at least, at its start).
+                    if missing > RECEIVE_SIZE and receive_nowait is not None:
+                        # The rest of a large frame under way (a file chunk): no
+                        # task switch unless it must wait. (Not for small frames:
+                        # a stream of messages gains from the switch, which lets
+                        # the application take them: 147k vs 182k msg/s here.)
                         try:
                             count = receive_nowait(room)
                         except BlockingIOError:
