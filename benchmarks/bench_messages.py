@@ -5,6 +5,8 @@ loopback. Each message is a 100-byte text; the baselines do the same
 per-message work as trio_p2p's wire format (a uuid4, a timestamp and a CBOR
 encode per message on the sender, a decode on the receiver). Results are
 printed as rates and as ratios to the baselines measured in the same run.
+trio_p2p runs twice: as it is (encrypted, the default) and in plaintext mode
+(``Config.insecure_plaintext``), to show what the secure channel costs.
 
     python benchmarks/bench_messages.py [--count N] [--round-trips K]
 
@@ -34,6 +36,8 @@ import trio_p2p
 
 TEXT = "x" * 100
 HEADER = struct.Struct(">I")
+#: set in the processes of the plaintext cases
+PLAINTEXT = False
 
 
 def p2p_config(window: int = 4096) -> trio_p2p.Config:
@@ -42,6 +46,7 @@ def p2p_config(window: int = 4096) -> trio_p2p.Config:
         tcp_port=0,
         broadcast_addresses=("127.255.255.255",),
         send_window=window,
+        insecure_plaintext=PLAINTEXT,
     )
 
 
@@ -91,15 +96,22 @@ async def never_acknowledging_peer(seconds: float) -> None:
     It speaks just enough of the protocol for that: its hello, then a ping
     every second (so the sender's heartbeat does not time it out).
     """
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
     from trio_p2p._codec import encode_frame
     from trio_p2p._connection import LocalNode
     from trio_p2p._messages import Ping
+    from trio_p2p._secure import StreamIO, secure_accept
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     report(port=port)
-    stream = await listeners[0].accept()
-    hello = LocalNode(uuid.uuid4(), "receiver", os.urandom(16), port, 2**21).hello()
+    raw = await listeners[0].accept()
+    identity = trio_p2p.Identity.generate()
+    stream, _ = await secure_accept(
+        raw, StreamIO(raw), identity, X25519PrivateKey.generate().private_bytes_raw()
+    )
+    hello = LocalNode(identity.peer_id, "receiver", os.urandom(16), port, 2**21).hello()
     await stream.send_all(encode_frame(hello))
 
     async def ping() -> None:
@@ -262,7 +274,10 @@ def zmq_sender(port: int, count: int, mode: str) -> None:
 
 
 def run_role(role: str, args: list[str]) -> None:
+    global PLAINTEXT
     kind, side = role.split("-")
+    if kind == "plain":
+        PLAINTEXT, kind = True, "p2p"
     if kind == "p2p" and side == "noack":
         trio.run(never_acknowledging_peer, float(args[0]))
     elif kind == "p2p" and side == "inflight":
@@ -344,11 +359,15 @@ def main() -> None:
     args = parser.parse_args()
     cases = [
         ("p2p", "nowait", args.count),
+        ("plain", "nowait", args.count),
         ("p2p", "drain", args.count),
+        ("plain", "drain", args.count),
         ("p2p", "await", args.count),
+        ("plain", "await", args.count),
         ("raw", "stream", args.count),
         ("zmq", "stream", args.count),
         ("p2p", "pingpong", args.round_trips),
+        ("plain", "pingpong", args.round_trips),
         ("raw", "pingpong", args.round_trips),
         ("zmq", "pingpong", args.round_trips),
     ]
@@ -363,15 +382,22 @@ def main() -> None:
     print(f"one-way, 100-byte texts, {args.count:,} messages, best of {args.repeat}:")
     for kind, mode, label in [
         ("p2p", "nowait", "trio_p2p nowait -> async for"),
+        ("plain", "nowait", "  the same, plaintext"),
         ("p2p", "drain", "trio_p2p nowait -> receive_nowait"),
+        ("plain", "drain", "  the same, plaintext"),
         ("p2p", "await", "trio_p2p await send -> async for"),
+        ("plain", "await", "  the same, plaintext"),
         ("raw", "stream", "raw Trio socket, same framing"),
         ("zmq", "stream", "pyzmq PUSH/PULL"),
     ]:
         r = results[kind, mode]
+        versus = ""
+        if kind == "p2p":
+            versus = f"  {r['rate'] / results['plain', mode]['rate']:5.2f}x plaintext"
         print(
             f"  {label:36} {r['rate']:>10,.0f} msg/s  {r['rate'] / zmq_rate:5.2f}x pyzmq  "
             f"{r['rate'] / raw_rate:5.2f}x raw  (sender peak RSS {r['sender_rss']:.0f} MiB)"
+            f"{versus}"
         )
     held = measure_in_flight(10_000)
     print(
@@ -383,11 +409,15 @@ def main() -> None:
     print(f"round trip, median of {args.round_trips:,}, best of {args.repeat}:")
     for kind, label in [
         ("p2p", "trio_p2p ping-pong"),
+        ("plain", "  the same, plaintext"),
         ("raw", "raw Trio socket echo"),
         ("zmq", "pyzmq REQ/REP"),
     ]:
         r = results[kind, "pingpong"]
-        print(f"  {label:36} {r['rtt_us']:>8.0f} us  {r['rtt_us'] / raw_rtt:5.2f}x raw")
+        versus = ""
+        if kind == "p2p":
+            versus = f"  {r['rtt_us'] / results['plain', 'pingpong']['rtt_us']:5.2f}x plaintext"
+        print(f"  {label:36} {r['rtt_us']:>8.0f} us  {r['rtt_us'] / raw_rtt:5.2f}x raw{versus}")
 
 
 if __name__ == "__main__":

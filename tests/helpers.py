@@ -6,10 +6,32 @@ import uuid
 from typing import TypeVar
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from trio_p2p import Event, MessageReceived, Messenger, PeerConnected, PeerDiscovered, Text
+from trio_p2p._identity import Identity
+from trio_p2p._secure import SecureStream, StreamIO, secure_dial
 
 E = TypeVar("E")
+
+
+async def secure_dial_raw(
+    port: int, identity: Identity | None = None
+) -> tuple[SecureStream, Identity]:
+    """Dial the node at *port* on loopback and run the secure handshake as *identity*.
+
+    What is sent afterwards is up to the caller (a hostile peer may send anything).
+    """
+    identity = identity or Identity.generate()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        secure, _ = await secure_dial(
+            stream, StreamIO(stream), identity, X25519PrivateKey.generate().private_bytes_raw()
+        )
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return secure, identity
 
 
 async def wait_for(messenger: Messenger, kind: type[E], *, peer: uuid.UUID | None = None) -> E:

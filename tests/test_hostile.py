@@ -28,6 +28,7 @@ from trio_p2p import (
 )
 from trio_p2p._codec import FrameDecoder, encode_beacon, encode_data, encode_frame
 from trio_p2p._connection import receive_hello
+from trio_p2p._identity import Identity
 from trio_p2p._messages import (
     PROTOCOL_VERSION,
     Beacon,
@@ -38,9 +39,10 @@ from trio_p2p._messages import (
     Text,
 )
 from trio_p2p._messenger import HANDSHAKES_PER_ADDRESS
+from trio_p2p._secure import SecureStream
 
 from .conftest import ConfigFactory
-from .helpers import connect, drain, first_line, texts, wait_for
+from .helpers import connect, drain, first_line, secure_dial_raw, texts, wait_for
 
 
 def hello_from(node_id: uuid.UUID, nonce: bytes = b"n" * 16) -> Hello:
@@ -51,7 +53,25 @@ async def raw_connection(messenger: Messenger) -> trio.SocketStream:
     return await trio.open_tcp_stream("127.0.0.1", messenger.tcp_port)
 
 
-async def closed_by_peer(stream: trio.SocketStream) -> bytes:
+async def secure_connection(messenger: Messenger) -> tuple[SecureStream, Identity]:
+    """Dial *messenger* and run the secure handshake as a new identity.
+
+    Mallory then holds a channel in which she may send anything at all.
+    """
+    return await secure_dial_raw(messenger.tcp_port)
+
+
+async def mallory_connection(
+    messenger: Messenger,
+) -> tuple[trio.abc.Stream, uuid.UUID]:
+    """A connection to *messenger* ready for a hello, and the id Mallory may claim in it."""
+    if messenger.config.insecure_plaintext:
+        return await raw_connection(messenger), uuid.uuid4()
+    secure, identity = await secure_connection(messenger)
+    return secure, identity.peer_id
+
+
+async def closed_by_peer(stream: trio.abc.Stream) -> bytes:
     """Read until the messenger closes the connection; return what it sent."""
     data = b""
     async with stream:
@@ -84,24 +104,69 @@ async def still_serving(a: Messenger, b: Messenger, text: str) -> None:
         ),
     ],
 )
+@pytest.mark.parametrize("plaintext", [False, True], ids=["in-secure-channel", "plaintext"])
 async def test_bad_first_frames_are_dropped_and_logged(
     make_config: ConfigFactory,
     caplog: pytest.LogCaptureFixture,
     payload: bytes,
     cause: str,
+    plaintext: bool,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trio_p2p")
     with trio.fail_after(10):
         async with (
-            open_messenger("Alice", make_config()) as a,
-            open_messenger("Bob", make_config()) as b,
+            open_messenger("Alice", make_config(insecure_plaintext=plaintext)) as a,
+            open_messenger("Bob", make_config(insecure_plaintext=plaintext)) as b,
         ):
             await connect(a, b)
-            stream = await raw_connection(a)
+            stream, _ = await mallory_connection(a)
             await stream.send_all(payload)
             await closed_by_peer(stream)
             assert a.statistics().connections_refused[cause] == 1
             assert any("127.0.0.1" in r.getMessage() for r in caplog.records)
+            await still_serving(b, a, "still here")
+
+
+@pytest.mark.parametrize(
+    ("payload", "cause", "goodbye"),
+    [
+        pytest.param(b"\xff" * 64, "protocol", None, id="garbage"),
+        pytest.param(b"GET / HTTP/1.1\r\n\r\n", "protocol", None, id="http"),
+        pytest.param(
+            encode_frame(hello_from(uuid.uuid4())),
+            "plaintext",
+            "accepts encrypted connections only",
+            id="plaintext-hello",
+        ),
+        pytest.param(
+            b"TP2P\x01\x01\x00\x00" + b"\x00\x20" + b"\x00" * 32, "protocol", None, id="bad-key"
+        ),
+        pytest.param(b"TP2P", "handshake_timeout", None, id="stalled-preamble"),
+        pytest.param(b"TP2P\x01\x01\x00\x00\x00\x20", "handshake_timeout", None, id="stalled"),
+    ],
+)
+async def test_bad_handshakes_are_dropped_and_counted(
+    make_config: ConfigFactory, payload: bytes, cause: str, goodbye: str | None
+) -> None:
+    """Before the secure channel: no trio_p2p, plaintext, a broken or stalled handshake."""
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config(handshake_timeout=1.0)) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            await connect(a, b)
+            stream = await raw_connection(a)
+            start = trio.current_time()
+            await stream.send_all(payload)
+            reply = await closed_by_peer(stream)
+            assert trio.current_time() - start < 1.8
+            assert a.statistics().connections_refused[cause] == 1
+            if goodbye is None:
+                assert reply == b""
+            else:  # a plaintext node is told why, in plaintext
+                frames = FrameDecoder(1 << 20).feed(reply)
+                assert isinstance(frames[0], Goodbye)
+                assert goodbye in frames[0].reason
             await still_serving(b, a, "still here")
 
 
@@ -159,8 +224,7 @@ async def test_wrong_frame_type_after_the_handshake_ends_only_that_connection(
             open_messenger("Bob", make_config()) as b,
         ):
             await connect(a, b)
-            mallory = uuid.uuid4()
-            stream = await raw_connection(a)
+            stream, mallory = await mallory_connection(a)
             await stream.send_all(encode_frame(hello_from(mallory)))
             hello, _ = await receive_hello(stream, FrameDecoder(1 << 20))
             assert hello.node_id == a.peer_id
@@ -174,7 +238,7 @@ async def test_wrong_frame_type_after_the_handshake_ends_only_that_connection(
 
 async def test_hello_with_this_nodes_own_id_is_refused(make_config: ConfigFactory) -> None:
     with trio.fail_after(10):
-        async with open_messenger("Alice", make_config()) as a:
+        async with open_messenger("Alice", make_config(insecure_plaintext=True)) as a:
             stream = await raw_connection(a)
             await stream.send_all(encode_frame(hello_from(a.peer_id)))
             reply = FrameDecoder(1 << 20).feed(await closed_by_peer(stream))
@@ -184,19 +248,27 @@ async def test_hello_with_this_nodes_own_id_is_refused(make_config: ConfigFactor
             assert a.connected_peers() == []
 
 
-async def test_no_one_can_take_over_a_connected_peers_slot(make_config: ConfigFactory) -> None:
+@pytest.mark.parametrize("plaintext", [False, True], ids=["secure", "plaintext"])
+async def test_no_one_can_take_over_a_connected_peers_slot(
+    make_config: ConfigFactory, plaintext: bool
+) -> None:
     with trio.fail_after(10):
         async with (
-            open_messenger("Alice", make_config()) as a,
-            open_messenger("Bob", make_config()) as b,
+            open_messenger("Alice", make_config(insecure_plaintext=plaintext)) as a,
+            open_messenger("Bob", make_config(insecure_plaintext=plaintext)) as b,
         ):
             await connect(a, b)
-            stream = await raw_connection(a)
+            stream, _ = await mallory_connection(a)
             # claims Bob's id, from another "process" (another nonce)
             await stream.send_all(encode_frame(hello_from(b.peer_id, nonce=os.urandom(16))))
             reply = FrameDecoder(1 << 20).feed(await closed_by_peer(stream))
             assert isinstance(reply[0], Goodbye)
-            assert a.statistics().connections_refused["id_taken"] == 1
+            if plaintext:
+                assert a.statistics().connections_refused["id_taken"] == 1
+            else:  # Mallory cannot prove Bob's key
+                assert reply[0].code == "protocol"
+                assert "proved the key" in reply[0].reason
+                assert a.statistics().connections_refused["protocol"] == 1
             assert [p.id for p in a.connected_peers()] == [b.peer_id]
             await still_serving(b, a, "the real Bob")
 
@@ -204,8 +276,7 @@ async def test_no_one_can_take_over_a_connected_peers_slot(make_config: ConfigFa
 async def test_forged_sender_id_ends_the_connection(make_config: ConfigFactory) -> None:
     with trio.fail_after(10):
         async with open_messenger("Alice", make_config()) as a:
-            mallory = uuid.uuid4()
-            stream = await raw_connection(a)
+            stream, mallory = await mallory_connection(a)
             await stream.send_all(encode_frame(hello_from(mallory)))
             await receive_hello(stream, FrameDecoder(1 << 20))
             forged = Message(uuid.uuid4(), uuid.uuid4(), "Bob", 0.0, Text("trust me"))
@@ -306,7 +377,7 @@ async def test_peer_killed_without_goodbye_is_disconnected_then_lost(
 async def test_version_mismatch_is_refused_with_a_reason(make_config: ConfigFactory) -> None:
     with trio.fail_after(10):
         async with open_messenger("Alice", make_config()) as a:
-            stream = await raw_connection(a)
+            stream, _ = await mallory_connection(a)
             payload = {
                 "t": "h",
                 "v": 99,
@@ -339,8 +410,8 @@ async def test_a_replayed_nonce_cannot_take_over_a_live_connection(
 ) -> None:
     with trio.fail_after(15):
         async with (
-            open_messenger("Alice", make_config()) as a,
-            open_messenger("Victor", make_config()) as v,
+            open_messenger("Alice", make_config(insecure_plaintext=True)) as a,
+            open_messenger("Victor", make_config(insecure_plaintext=True)) as v,
         ):
             await a.connect_to_peer(("127.0.0.1", v.tcp_port))
             await wait_for(v, PeerConnected, peer=a.peer_id)
@@ -362,7 +433,7 @@ async def test_a_big_frame_before_the_hello_is_refused_at_once(
 ) -> None:
     with trio.fail_after(10):
         async with open_messenger("Alice", make_config()) as a:
-            stream = await raw_connection(a)
+            stream, _ = await mallory_connection(a)
             await stream.send_all(struct.pack(">I", 1 << 20) + b"\xa0" * 1000)
             await closed_by_peer(stream)
             assert a.statistics().connections_refused["protocol"] == 1
@@ -371,15 +442,14 @@ async def test_a_big_frame_before_the_hello_is_refused_at_once(
 async def test_established_connections_are_capped(make_config: ConfigFactory) -> None:
     with trio.fail_after(10):
         async with open_messenger("Alice", make_config(max_connections=2)) as a:
-            streams = []
+            streams: list[trio.abc.Stream] = []
             for _ in range(2):
-                stream = await raw_connection(a)
-                await stream.send_all(encode_frame(hello_from(uuid.uuid4())))
+                stream, mallory = await mallory_connection(a)
+                await stream.send_all(encode_frame(hello_from(mallory)))
                 await receive_hello(stream, FrameDecoder(1 << 20))
                 streams.append(stream)
-            extra = await raw_connection(a)
-            await extra.send_all(encode_frame(hello_from(uuid.uuid4())))
-            await closed_by_peer(extra)
+            extra = await raw_connection(a)  # closed before its handshake
+            assert await closed_by_peer(extra) == b""
             assert a.statistics().connections_refused["too_many_connections"] == 1
             assert len(a.connected_peers()) == 2
             for stream in streams:

@@ -18,6 +18,7 @@ import attrs
 import blake3
 import pytest
 import trio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import trio_p2p._filetransfer as filetransfer
 from trio_p2p import (
@@ -29,6 +30,7 @@ from trio_p2p import (
 )
 from trio_p2p._codec import FrameDecoder, encode_frame
 from trio_p2p._connection import QUEUE_LIMIT
+from trio_p2p._identity import Identity
 from trio_p2p._log import RateLimitedWarnings
 from trio_p2p._messages import (
     PROTOCOL_VERSION,
@@ -44,9 +46,10 @@ from trio_p2p._messages import (
     Ping,
     Pong,
 )
+from trio_p2p._secure import StreamIO, secure_accept
 
 from .conftest import ConfigFactory
-from .helpers import wait_for
+from .helpers import secure_dial_raw, wait_for
 
 EMPTY_DIGEST = blake3.blake3(b"").digest()
 MiB = 1024 * 1024
@@ -56,7 +59,7 @@ MiB = 1024 * 1024
 class RawPeer:
     """A peer that speaks the protocol by hand, frame by frame."""
 
-    stream: trio.SocketStream
+    stream: trio.abc.Stream
     node_id: uuid.UUID
     decoder: FrameDecoder = attrs.field(factory=lambda: FrameDecoder(1 << 24))
     backlog: list[Frame] = attrs.field(factory=list)
@@ -78,9 +81,9 @@ class RawPeer:
 
 @asynccontextmanager
 async def raw_peer(node: Messenger, name: str = "Mallory") -> AsyncIterator[RawPeer]:
-    stream = await trio.open_tcp_stream("127.0.0.1", node.tcp_port)
+    stream, identity = await secure_dial_raw(node.tcp_port)
     async with stream:
-        hello = Hello(PROTOCOL_VERSION, uuid.uuid4(), os.urandom(16), name, 1234, 1 << 24)
+        hello = Hello(PROTOCOL_VERSION, identity.peer_id, os.urandom(16), name, 1234, 1 << 24)
         await stream.send_all(encode_frame(hello))
         peer = RawPeer(stream, hello.node_id)
         await peer.receive(Hello)
@@ -171,8 +174,15 @@ async def test_a_receiver_repeating_itself_does_not_keep_send_file_waiting(
             async with trio.open_nursery() as nursery:
 
                 async def receiver() -> None:
-                    async with await listener[0].accept() as stream:
-                        peer = RawPeer(stream, uuid.uuid4())
+                    async with await listener[0].accept() as raw:
+                        identity = Identity.generate()
+                        stream, _ = await secure_accept(
+                            raw,
+                            StreamIO(raw),
+                            identity,
+                            X25519PrivateKey.generate().private_bytes_raw(),
+                        )
+                        peer = RawPeer(stream, identity.peer_id)
                         hello = Hello(
                             PROTOCOL_VERSION, peer.node_id, os.urandom(16), "R", port, 1 << 24
                         )

@@ -48,6 +48,7 @@ from .helpers import connect, texts, wait_for
 def break_link(messenger: Messenger, peer_id: uuid.UUID) -> None:
     """Break *messenger*'s connection to *peer_id* without a goodbye."""
     stream = messenger._connections[peer_id].stream
+    stream = getattr(stream, "transport", stream)  # under the secure channel
     assert isinstance(stream, trio.SocketStream)
     stream.socket.shutdown(socket.SHUT_RDWR)
 

@@ -28,6 +28,9 @@ from ._events import PeerDiscovered as PeerDiscovered
 from ._events import PeerInfo as PeerInfo
 from ._events import PeerLost as PeerLost
 from ._events import Transfer as Transfer
+from ._identity import Identity as Identity
+from ._identity import IdentityError as IdentityError
+from ._identity import IdentityInUseError as IdentityInUseError
 from ._messages import PROTOCOL_VERSION as PROTOCOL_VERSION
 from ._messages import Content as Content
 from ._messages import Message as Message
@@ -52,6 +55,9 @@ __all__ = [
     "FileTransferProgress",
     "FileTransferStarted",
     "HandshakeError",
+    "Identity",
+    "IdentityError",
+    "IdentityInUseError",
     "Message",
     "MessageReceived",
     "Messenger",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import pathlib
 from collections.abc import Iterable
 
 import attrs
+
+from ._identity import Identity
 
 __all__ = ["CHUNK_OVERHEAD", "Config"]
 
@@ -48,6 +51,17 @@ def _addresses(value: Iterable[str] | None) -> tuple[str, ...] | None:
     for address in result:
         ipaddress.IPv4Address(address)  # raises ValueError for anything else
     return result
+
+
+def _network_key(value: bytes | str | None) -> bytes | None:
+    """The 32-byte Noise PSK of a network key given as bytes or text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes | bytearray) or not value:
+        raise ValueError("Config.network_key must be non-empty bytes or text, or None")
+    return hashlib.sha256(b"trio_p2p network key v1\x00" + bytes(value)).digest()
 
 
 @attrs.frozen(kw_only=True)
@@ -109,6 +123,17 @@ class Config:
             system keeps at least this many bytes free after the file.
         partial_ttl: seconds a partial file (kept to resume an interrupted
             transfer) may stay unclaimed before it is removed.
+        identity: this node's :class:`~trio_p2p.Identity`, from which its peer id
+            derives. None (the default) makes a fresh, ephemeral one for each
+            messenger; use :meth:`Identity.load_or_create` for an id that stays
+            the same across runs (its file is locked while the messenger runs).
+        network_key: a secret shared by every node of a private network (any
+            bytes or text; long and random is best): it is mixed into every
+            handshake, so nodes without it cannot connect at all. None (the
+            default): any node may connect.
+        insecure_plaintext: for debugging only: no encryption and no proof of
+            identity, so anyone on the network can read, change and impersonate
+            everything. Such a node cannot talk to the default, encrypted ones.
     """
 
     discovery_port: int = attrs.field(default=6968, validator=_port)
@@ -139,6 +164,9 @@ class Config:
     max_incoming_transfers: int = attrs.field(default=16, validator=_at_least_one)
     free_space_margin: int = attrs.field(default=64 * 1024 * 1024, validator=attrs.validators.ge(0))
     partial_ttl: float = attrs.field(default=7 * 24 * 3600.0, validator=_positive)
+    identity: Identity | None = None
+    network_key: bytes | None = attrs.field(default=None, converter=_network_key, repr=False)
+    insecure_plaintext: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.announce_interval:

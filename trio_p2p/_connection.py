@@ -254,6 +254,10 @@ class PeerConnection:
         session: a session with this peer process to carry on (by default a new
             one); it must belong to the hello's node id and nonce. See
             :meth:`resume`.
+        output_pending: tells whether *write_nowait* left bytes of its own
+            behind (an encrypting stream writes whole records: what the socket
+            did not take waits there, and *send_all*, even of nothing, writes it
+            first). The writer task then writes them.
 
     Raises:
         ValueError: *session* belongs to another peer or process.
@@ -278,8 +282,10 @@ class PeerConnection:
         receive_nowait: ReceiveNowait | None = None,
         send_all: SendAll | None = None,
         session: Session | None = None,
+        output_pending: Callable[[], bool] | None = None,
     ) -> None:
         self.stream = stream
+        self._output_pending = output_pending
         self._write_nowait = write_nowait
         self._receive_into = receive_into
         self._receive_nowait = receive_nowait if receive_into is not None else None
@@ -458,6 +464,8 @@ class PeerConnection:
         if written < len(data):
             del data[:written]
             self._outgoing = data
+            self._writer_lot.unpark()
+        elif self._output_pending is not None and self._output_pending():
             self._writer_lot.unpark()
 
     async def send(self, content: Content) -> Message:
@@ -679,6 +687,8 @@ class PeerConnection:
                     raise _Ended(f"closed by this node: {self._close_reason}")
                 if chunks:
                     await self._write_chunk()
+                elif self._output_pending is not None and self._output_pending():
+                    await self._write(b"")
                 else:
                     await self._writer_lot.park()
                 continue

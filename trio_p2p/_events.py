@@ -47,6 +47,9 @@ class PeerInfo:
         port: the TCP port it listens on.
         last_seen: when it was last heard, on the Trio clock
             (:func:`trio.current_time`).
+        fingerprint: the fingerprint of the key the peer proved in the
+            handshake (see :attr:`Identity.fingerprint`), for a connected peer;
+            None for a peer only discovered, or connected in plaintext mode.
     """
 
     id: uuid.UUID
@@ -54,6 +57,7 @@ class PeerInfo:
     address: str
     port: int
     last_seen: float = attrs.field(eq=False)
+    fingerprint: str | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen

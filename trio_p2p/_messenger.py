@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 
 import attrs
 import trio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from ._codec import FrameDecoder, MessageIds, check_name
 from ._config import Config
@@ -41,6 +42,7 @@ from ._events import (
     Transfer,
 )
 from ._filetransfer import FileService
+from ._identity import Identity, fingerprint
 from ._log import RateLimitedWarnings, get_logger
 from ._messages import (
     Beacon,
@@ -53,6 +55,8 @@ from ._messages import (
     Message,
     Text,
 )
+from ._noise import PeerProof, PlaintextPeerError
+from ._secure import SecureStream, secure_accept, secure_dial
 from ._session import Session
 from ._socketio import SocketIO
 from ._stats import Statistics
@@ -253,16 +257,21 @@ class Messenger:
         self,
         name: str,
         config: Config,
+        identity: Identity,
         nursery: trio.Nursery,
         listener: trio.SocketListener,
         discovery_socket: trio.socket.SocketType,
         events: tuple[trio.MemorySendChannel[Event], trio.MemoryReceiveChannel[Event]],
     ) -> None:
         self.config = config
+        #: this node's identity (its key; the peer id derives from it)
+        self.identity = identity
+        #: the X25519 key of this messenger's Noise handshakes (signed by the identity)
+        self._static_key = X25519PrivateKey.generate().private_bytes_raw()
         self._nursery = nursery
         self._listener = listener
         port = listener.socket.getsockname()[1]
-        self._local = LocalNode(uuid.uuid4(), name, os.urandom(16), port, config.max_frame_size)
+        self._local = LocalNode(identity.peer_id, name, os.urandom(16), port, config.max_frame_size)
         self._event_send, self.events = events
         self._counters: Counter[str] = Counter()
         self._refused: Counter[str] = Counter()
@@ -307,7 +316,7 @@ class Messenger:
 
     @property
     def peer_id(self) -> uuid.UUID:
-        """This node's id (random for each messenger run)."""
+        """The id of this node, derived from its identity key (see :attr:`Config.identity`)."""
         return self._local.node_id
 
     @property
@@ -771,14 +780,47 @@ class Messenger:
         if conn is not None:
             await self._run_connection(conn)
 
+    async def _secure(
+        self, stream: trio.SocketStream, *, expected: uuid.UUID | None = None, dialer: bool
+    ) -> tuple[trio.abc.Stream, PeerProof | None]:
+        """Run the secure channel's handshake on a new connection (unless plaintext).
+
+        Returns:
+            The stream to speak on, and the identity the peer proved (None in
+            plaintext mode).
+        """
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.insecure_plaintext:
+            return stream, None
+        io = SocketIO(stream.socket)
+        if dialer:
+            return await secure_dial(
+                stream,
+                io,
+                self.identity,
+                self._static_key,
+                network_key=self.config.network_key,
+                expected=expected,
+            )
+        return await secure_accept(
+            stream, io, self.identity, self._static_key, network_key=self.config.network_key
+        )
+
     async def _accept_handshake(
         self, stream: trio.SocketStream, address: str
     ) -> PeerConnection | None:
         decoder = FrameDecoder(HELLO_LIMIT)
         cause = reason = ""
+        channel: trio.abc.Stream = stream
         try:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
-                hello, pending = await receive_hello(stream, decoder)
+                channel, proof = await self._secure(stream, dialer=False)
+                hello, pending = await receive_hello(channel, decoder)
+                if proof is not None and hello.node_id != proof.peer_id:
+                    raise ProtocolError(
+                        f"the hello claims id {hello.node_id}, but the peer proved the key "
+                        f"of {proof.peer_id}"
+                    )
             if scope.cancelled_caught:
                 cause, reason = "handshake_timeout", "no hello within the handshake timeout"
             else:
@@ -802,7 +844,7 @@ class Messenger:
                     cause, reason = decision
                     code = GoodbyeCode.DUPLICATE if cause == "duplicate" else GoodbyeCode.REFUSED
                     with trio.move_on_after(self.config.handshake_timeout):
-                        await send_frame(stream, Goodbye(code, reason))
+                        await send_frame(channel, Goodbye(code, reason))
                 else:
                     await self._ended_connection_settled(hello.node_id)
                     parked = self._parked.get(hello.node_id)
@@ -811,6 +853,8 @@ class Messenger:
                         await self._end_parked(hello.node_id, parked, _NOT_RESUMED)
                     return self._new_connection(
                         stream,
+                        channel,
+                        proof,
                         hello,
                         address,
                         False,
@@ -821,8 +865,14 @@ class Messenger:
                     )
         except ProtocolError as exc:
             cause, reason = "protocol", str(exc)
-            with trio.move_on_after(min(1.0, self.config.handshake_timeout)):
-                await send_frame(stream, Goodbye(GoodbyeCode.PROTOCOL, reason[:1000]))
+            plaintext = isinstance(exc, PlaintextPeerError)
+            if plaintext:
+                cause = "plaintext"
+            # A goodbye only where the peer can read it: in the secure channel, or
+            # in plaintext to a plaintext peer (not in the middle of a handshake).
+            if channel is not stream or plaintext or self.config.insecure_plaintext:
+                with trio.move_on_after(min(1.0, self.config.handshake_timeout)):
+                    await send_frame(channel, Goodbye(GoodbyeCode.PROTOCOL, reason[:1000]))
         except HandshakeError as exc:
             cause, reason = "handshake", str(exc)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -846,15 +896,31 @@ class Messenger:
         if scope.cancelled_caught:
             raise HandshakeError(f"connecting to {host}:{port} timed out after {timeout:g} s")
         offered = None if expected is None else self._parked.get(expected)
+        channel: trio.abc.Stream = stream
         try:
             decoder = FrameDecoder(self.config.max_frame_size)
             with trio.move_on_after(timeout) as scope:
-                await send_frame(stream, self._local.hello(offered.session if offered else None))
-                hello, pending = await receive_hello(stream, decoder)
+                channel, proof = await self._secure(stream, expected=expected, dialer=True)
+                await send_frame(channel, self._local.hello(offered.session if offered else None))
+                try:
+                    hello, pending = await receive_hello(channel, decoder)
+                except HandshakeError as exc:
+                    if exc.code is None and self.config.network_key is not None:
+                        # A peer with another key fails the handshake's last
+                        # message, and can only close the connection.
+                        raise HandshakeError(
+                            f"{exc} (does the peer use the same network key?)"
+                        ) from exc
+                    raise
             if scope.cancelled_caught:
                 raise HandshakeError(f"no answer from {host}:{port} within {timeout:g} s")
             address = stream.socket.getpeername()[0]
             refusal = None
+            if proof is not None and hello.node_id != proof.peer_id:
+                raise ProtocolError(
+                    f"the hello claims id {hello.node_id}, but the peer proved the key "
+                    f"of {proof.peer_id}"
+                )
             if hello.node_id == self.peer_id:
                 refusal = f"{host}:{port} is this node itself"
             elif expected is not None and hello.node_id != expected:
@@ -869,7 +935,7 @@ class Messenger:
             if refusal is not None:
                 code = GoodbyeCode.REFUSED if winner is None else GoodbyeCode.DUPLICATE
                 with trio.move_on_after(timeout):
-                    await send_frame(stream, Goodbye(code, refusal))
+                    await send_frame(channel, Goodbye(code, refusal))
                 if winner is None:
                     raise HandshakeError(refusal)
         except BaseException as exc:
@@ -890,7 +956,15 @@ class Messenger:
             if parked is not None and not resumes:
                 await self._end_parked(hello.node_id, parked, _NOT_RESUMED)
             conn = self._new_connection(
-                stream, hello, address, True, decoder, pending, resume=parked if resumes else None
+                stream,
+                channel,
+                proof,
+                hello,
+                address,
+                True,
+                decoder,
+                pending,
+                resume=parked if resumes else None,
             )
         except BaseException as exc:
             await trio.aclose_forcefully(stream)
@@ -925,6 +999,8 @@ class Messenger:
     def _new_connection(
         self,
         stream: trio.SocketStream,
+        channel: trio.abc.Stream,
+        proof: PeerProof | None,
         hello: Hello,
         address: str,
         dialer: bool,
@@ -941,10 +1017,15 @@ class Messenger:
         Raises:
             ProtocolError: the hello's resume point does not fit the session.
         """
-        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        io = SocketIO(stream.socket)
+        io: SocketIO | SecureStream
+        output_pending = None
+        if isinstance(channel, SecureStream):
+            io = channel
+            output_pending = channel.output_pending
+        else:
+            io = SocketIO(stream.socket)
         conn = PeerConnection(
-            stream,
+            channel,
             local=self._local,
             hello=hello,
             address=address,
@@ -964,7 +1045,10 @@ class Messenger:
             receive_nowait=io.receive_nowait,
             send_all=io.send_all,
             session=None if resume is None else resume.session,
+            output_pending=output_pending,
         )
+        if proof is not None:
+            conn.peer = attrs.evolve(conn.peer, fingerprint=fingerprint(proof.public_key))
         if answer is not None:
             conn._queue(answer)
         if resume is not None:
@@ -1199,9 +1283,20 @@ async def open_messenger(name: str, config: Config | None = None) -> AsyncIterat
     Raises:
         OSError: a socket could not be bound (plain, never in an exception group).
         ValueError: the name is not valid.
+        IdentityInUseError: the identity file of ``config.identity`` is in use by
+            another running messenger.
     """
     config = config if config is not None else Config()
     check_name(name)
+    identity = config.identity if config.identity is not None else Identity.generate()
+    with identity.locked():
+        async with _running(name, config, identity) as messenger:
+            yield messenger
+
+
+@asynccontextmanager
+async def _running(name: str, config: Config, identity: Identity) -> AsyncIterator[Messenger]:
+    """The body of :func:`open_messenger`, once the identity is held."""
     listener = await _open_listener(config)
     try:
         discovery_socket = await open_discovery_socket(config)
@@ -1213,7 +1308,7 @@ async def open_messenger(name: str, config: Config | None = None) -> AsyncIterat
     try:
         async with trio.open_nursery() as nursery:
             messenger = Messenger(
-                name, config, nursery, listener, discovery_socket, (send, receive)
+                name, config, identity, nursery, listener, discovery_socket, (send, receive)
             )
             try:
                 await nursery.start(messenger._serve)
