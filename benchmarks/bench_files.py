@@ -1,12 +1,13 @@
 """File benchmark: trio_p2p's send_file against socat and a raw sendfile loop, in one run.
 
-Every measurement copies the same file over loopback between two processes
-(a sender and a receiver), into a fresh folder, and takes the wall time from
-the start of the sending to the moment the receiver has the whole file (for
-trio_p2p: until send_file returns, which is after the receiver verified the
-BLAKE3 digest and saved the file). It also reports each side's peak RSS
-growth, and for trio_p2p the latency of a text message sent in the middle of
-the transfer.
+trio_p2p runs encrypted (the default) and in plaintext mode
+(``Config.insecure_plaintext``). Every measurement copies the same file over
+loopback between two processes (a sender and a receiver), into a fresh
+folder, and takes the wall time from the start of the sending to the moment
+the receiver has the whole file (for trio_p2p: until send_file returns, which
+is after the receiver verified the BLAKE3 digest and saved the file). It also
+reports each side's peak RSS growth, and for trio_p2p the latency of a text
+message sent in the middle of the transfer.
 
     python benchmarks/bench_files.py [--size-mib N] [--repeat K]
 
@@ -42,12 +43,17 @@ def wait_for_go() -> None:
     sys.stdin.readline()
 
 
+#: set in the processes of the plaintext case
+PLAINTEXT = False
+
+
 def config(discovery_port: int, folder: str) -> trio_p2p.Config:
     return trio_p2p.Config(
         discovery_port=discovery_port,
         tcp_port=0,
         broadcast_addresses=("127.255.255.255",),
         download_dir=folder,
+        insecure_plaintext=PLAINTEXT,
     )
 
 
@@ -231,7 +237,12 @@ def main() -> None:
         with open(source, "wb") as out:
             for _ in range(args.size_mib):
                 out.write(os.urandom(BLOCK))
-        runs: dict[str, list[dict[str, float]]] = {"socat": [], "raw": [], "trio_p2p": []}
+        runs: dict[str, list[dict[str, float]]] = {
+            "socat": [],
+            "raw": [],
+            "trio_p2p": [],
+            "plain": [],
+        }
         # Rounds of one run per case, so that a slow spell of the machine hits
         # every case alike (this VM's speed drifts by 2x and more).
         for _ in range(args.repeat):
@@ -246,9 +257,10 @@ def main() -> None:
                     )
                 else:
                     discovery = str(free_port(socket.SOCK_DGRAM))
+                    prefix = "plain-" if name == "plain" else ""
                     run = run_pair(
-                        ["p2p-receiver", discovery, folder],
-                        ["p2p-sender", discovery, str(source)],
+                        [f"{prefix}p2p-receiver", discovery, folder],
+                        [f"{prefix}p2p-sender", discovery, str(source)],
                         folder,
                         size,
                     )
@@ -272,6 +284,7 @@ def main() -> None:
         ("socat", "socat -b 1048576"),
         ("raw", "raw Python sendfile/recv_into"),
         ("trio_p2p", "trio_p2p send_file (verified)"),
+        ("plain", "  the same, plaintext"),
     ]:
         if name not in results:
             print(f"  {label:32} (socat not installed)")
@@ -284,18 +297,22 @@ def main() -> None:
             f"  {label:32} {rate:6.2f} GB/s  {ratio}  CPU {cpu:4.2f} s/GB  peak RSS growth: "
             f"sender {r['sender_rss']:.0f} MiB, receiver {r['receiver_rss']:.0f} MiB"
         )
+    encrypted = size / results["trio_p2p"]["seconds"]
+    print(f"trio_p2p encrypted / plaintext: {encrypted * results['plain']['seconds'] / size:.2f}x")
     latency = results["trio_p2p"]["latency_ms"]
     print(f"a text sent a third of the way through arrived after {latency:.1f} ms")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] in (
+    if len(sys.argv) > 1 and sys.argv[1].removeprefix("plain-") in (
         "p2p-receiver",
         "p2p-sender",
         "raw-receiver",
         "raw-sender",
     ):
         role, rest = sys.argv[1], sys.argv[2:]
+        if role.startswith("plain-"):
+            PLAINTEXT, role = True, role.removeprefix("plain-")
         if role == "p2p-receiver":
             trio.run(p2p_receiver, int(rest[0]), rest[1])
         elif role == "p2p-sender":

@@ -4,12 +4,24 @@ on a discovery port of its own, so tests never reach a real network."""
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from trio_p2p import Config
+from trio_p2p._log import RateLimitedWarnings
+
+
+@pytest.fixture(autouse=True)
+def _fresh_warning_limits() -> None:
+    """Each test starts with the bad-input warning limits unspent (they are global)."""
+    for name, module in list(sys.modules.items()):
+        if name.startswith("trio_p2p."):
+            for value in list(vars(module).values()):
+                if isinstance(value, RateLimitedWarnings):
+                    value.reset()
 
 
 def free_udp_port() -> int:

@@ -27,7 +27,14 @@ from trio_p2p._noise import (
     parse_preamble,
     preamble,
 )
-from trio_p2p._secure import SecureStream, StreamIO, secure_accept, secure_dial
+from trio_p2p._secure import (
+    INITIAL_RECEIVE_BUFFER,
+    RECEIVE_BUFFER,
+    SecureStream,
+    StreamIO,
+    secure_accept,
+    secure_dial,
+)
 
 VECTORS = json.loads((pathlib.Path(__file__).parent / "data" / "noise_vectors.json").read_text())[
     "vectors"
@@ -303,6 +310,22 @@ async def test_secure_stream_carries_bytes_both_ways() -> None:
         assert await a.receive_some(100) == b"back"
         await a.aclose()
         assert await b.receive_some(100) == b""
+
+
+async def test_bulk_data_grows_the_receive_buffer_once() -> None:
+    with trio.fail_after(20):
+        a, b = await secure_pair()
+        assert len(b._in) == INITIAL_RECEIVE_BUFFER
+        big = os.urandom(40 * MAX_RECORD_PLAINTEXT + 5)
+        got = bytearray()
+        room = bytearray(300_000)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.send_all, big)
+            while len(got) < len(big):
+                count = await b.receive_into(memoryview(room))
+                got += room[:count]
+        assert got == big
+        assert len(b._in) == RECEIVE_BUFFER
 
 
 async def test_dial_refuses_an_unexpected_id() -> None:

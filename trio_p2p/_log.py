@@ -33,6 +33,12 @@ class RateLimitedWarnings:
         self._count = 0
         self._suppressed = 0
 
+    def reset(self) -> None:
+        """Start a new period now, forgetting what was logged and suppressed."""
+        self._window_start = -float("inf")
+        self._count = 0
+        self._suppressed = 0
+
     def warning(self, msg: str, *args: object) -> None:
         """Log *msg* % *args* at WARNING unless the rate limit is reached."""
         self.log(logging.WARNING, msg, *args)

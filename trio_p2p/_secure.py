@@ -40,9 +40,14 @@ __all__ = ["RawIO", "SecureStream", "StreamIO", "secure_accept", "secure_dial"]
 
 #: Largest handshake message accepted (ours are under 200 bytes).
 MAX_HANDSHAKE_MESSAGE = 1024
-#: Plaintext sealed per write of a large send: 16 full records, about 1 MiB.
-SEND_SEGMENT = 16 * MAX_RECORD_PLAINTEXT
-#: The receive buffer of ciphertext: a large read, plus one record's room.
+#: Plaintext sealed per write of a large send: 4 full records (256 KiB), so
+#: that the sealed bytes are still in the cache when the kernel copies them,
+#: and the sealing buffer stays small.
+SEND_SEGMENT = 4 * MAX_RECORD_PLAINTEXT
+#: The receive buffer of ciphertext: small at first (an idle or chatty
+#: connection needs no more), grown to a large read plus one record's room once
+#: a read fills it (bulk data) or a record does not fit.
+INITIAL_RECEIVE_BUFFER = 16 * 1024
 RECEIVE_BUFFER = 1024 * 1024 + MAX_RECORD
 
 
@@ -248,13 +253,13 @@ class SecureStream(trio.abc.Stream):
         self._sending = False
         #: the rest of the records of a write that the socket took only in part
         self._backlog = b""
-        self._in = bytearray(max(RECEIVE_BUFFER, len(received)))
+        self._in = bytearray(max(INITIAL_RECEIVE_BUFFER, len(received)))
         self._in[: len(received)] = received
         self._in_view = memoryview(self._in)
         self._start = 0
         self._end = len(received)
-        #: a record's plaintext that did not fit where it was to go
-        self._left = bytearray(MAX_RECORD_PLAINTEXT)
+        #: a record's plaintext that did not fit where it was to go (made when needed)
+        self._left: bytes | bytearray = b""
         self._left_start = 0
         self._left_end = 0
 
@@ -337,6 +342,8 @@ class SecureStream(trio.abc.Stream):
             elif placed:
                 break  # the next call takes it
             else:  # a record larger than the room: keep the rest of its plaintext
+                if not self._left:
+                    self._left = bytearray(MAX_RECORD_PLAINTEXT)
                 opener.open_into(view[start : start + size], memoryview(self._left))
                 placed = len(room)
                 room[:] = self._left[:placed]
@@ -349,12 +356,29 @@ class SecureStream(trio.abc.Stream):
         return placed
 
     def _room_to_receive(self) -> memoryview:
-        if self._end == len(self._in) or (self._start and len(self._in) - self._end < MAX_RECORD):
+        size = len(self._in)
+        if self._end == size or (self._start and size - self._end < MAX_RECORD):
             # Move the incomplete record at the start of the buffer to its front.
             kept = self._end - self._start
             self._in[:kept] = self._in[self._start : self._end]
             self._start, self._end = 0, kept
+            if kept == size:  # a record larger than the buffer
+                self._grow()
         return self._in_view[self._end :]
+
+    def _received(self, count: int, room: int) -> None:
+        self._end += count
+        if count == room:  # a read filled all the room: bulk data, read more at a time
+            self._grow()
+
+    def _grow(self) -> None:
+        if len(self._in) >= RECEIVE_BUFFER:
+            return
+        grown = bytearray(RECEIVE_BUFFER)
+        kept = self._end - self._start
+        grown[:kept] = self._in_view[self._start : self._end]
+        self._in, self._in_view = grown, memoryview(grown)
+        self._start, self._end = 0, kept
 
     def receive_nowait(self, buffer: memoryview) -> int:
         """Receive plaintext into *buffer* without waiting.
@@ -368,10 +392,11 @@ class SecureStream(trio.abc.Stream):
         """
         placed = self._open_buffered(buffer)
         while not placed:
-            count = self._io.receive_nowait(self._room_to_receive())
+            room = self._room_to_receive()
+            count = self._io.receive_nowait(room)
             if not count:
                 return 0
-            self._end += count
+            self._received(count, len(room))
             placed = self._open_buffered(buffer)
         return placed
 
@@ -387,10 +412,11 @@ class SecureStream(trio.abc.Stream):
             await trio.lowlevel.cancel_shielded_checkpoint()
             return placed
         while not placed:
-            count = await self._io.receive_into(self._room_to_receive())
+            room = self._room_to_receive()
+            count = await self._io.receive_into(room)
             if not count:
                 return 0
-            self._end += count
+            self._received(count, len(room))
             placed = self._open_buffered(buffer)
         return placed
 
