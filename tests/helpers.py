@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
+import time
 import uuid
 from typing import TypeVar
 
@@ -9,10 +12,41 @@ import trio
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from trio_p2p import Event, MessageReceived, Messenger, PeerConnected, PeerDiscovered, Text
+from trio_p2p._codec import encode_beacon, sign_beacon
 from trio_p2p._identity import Identity
+from trio_p2p._messages import Beacon, BeaconKind
 from trio_p2p._secure import SecureStream, StreamIO, secure_dial
 
 E = TypeVar("E")
+
+_counters = itertools.count(time.time_ns() // 1_000_000)
+
+
+def signed_beacon(
+    kind: BeaconKind = BeaconKind.ANNOUNCE,
+    identity: Identity | None = None,
+    name: str = "x",
+    port: int = 1,
+    *,
+    sources: tuple[str, ...] = ("127.0.0.1",),
+    counter: int | None = None,
+    node_id: uuid.UUID | None = None,
+) -> bytes:
+    """A beacon datagram signed by *identity* (a new one by default).
+
+    *node_id* claims another id than the identity's (a forgery); *counter*
+    defaults to a fresh, growing one.
+    """
+    identity = identity or Identity.generate()
+    beacon = Beacon(
+        kind,
+        node_id or identity.peer_id,
+        name,
+        port,
+        counter=next(_counters) if counter is None else counter,
+        addresses=tuple(ipaddress.IPv4Address(a).packed for a in sources),
+    )
+    return encode_beacon(sign_beacon(beacon, identity))
 
 
 async def secure_dial_raw(

@@ -125,4 +125,8 @@ beacons = st.builds(
     node_id=st.uuids(),
     name=names,
     port=ports,
+    key=st.binary(min_size=32, max_size=32),
+    counter=st.integers(0, 2**63 - 1),
+    addresses=st.lists(st.binary(min_size=4, max_size=4), min_size=1, max_size=16).map(tuple),
+    signature=st.binary(min_size=64, max_size=64),
 )

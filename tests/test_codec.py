@@ -301,6 +301,10 @@ def beacon_payload(**changes: object) -> dict[str, object]:
         "id": uuid.uuid4().bytes,
         "n": "Bob",
         "p": 7000,
+        "pk": bytes(32),
+        "c": 1,
+        "ad": [bytes(4)],
+        "sg": bytes(64),
     }
     payload.update(changes)
     return payload
@@ -323,6 +327,17 @@ def beacon_payload(**changes: object) -> dict[str, object]:
             "lacks",
             id="missing-id",
         ),
+        pytest.param(
+            cbor2.dumps({k: v for k, v in beacon_payload().items() if k != "sg"}),
+            "unsigned",
+            id="unsigned",
+        ),
+        pytest.param(cbor2.dumps(beacon_payload(pk=bytes(31))), "size", id="short-key"),
+        pytest.param(cbor2.dumps(beacon_payload(ad=[])), "addresses", id="no-address"),
+        pytest.param(cbor2.dumps(beacon_payload(ad=[bytes(16)])), "addresses", id="ipv6"),
+        pytest.param(cbor2.dumps(beacon_payload(ad=[bytes(4)] * 17)), "addresses", id="17"),
+        pytest.param(cbor2.dumps(beacon_payload(c=-1)), "invalid", id="negative-counter"),
+        pytest.param(cbor2.dumps(beacon_payload(ad="x")), "invalid", id="not-an-array"),
     ],
 )
 def test_malformed_beacons_raise_protocol_error(data: bytes, match: str) -> None:

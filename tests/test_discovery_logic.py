@@ -14,10 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_p2p import Config, PeerDiscovered, PeerLost
-from trio_p2p._codec import encode_beacon
-from trio_p2p._discovery import Discovery, PeerTable
+from trio_p2p._codec import beacon_signature_valid, decode_beacon
+from trio_p2p._discovery import VERIFY_PER_ADDRESS, Discovery, PeerTable
+from trio_p2p._identity import Identity
 from trio_p2p._messages import Beacon, BeaconKind
 from trio_p2p._netif import broadcast_addresses
+
+from .helpers import signed_beacon
 
 
 def test_new_peer_is_news_and_a_refresh_is_not() -> None:
@@ -179,14 +182,16 @@ def make_discovery(**config: Any) -> tuple[Discovery, list[object], FakeSocket, 
     sock = FakeSocket(broken="10.0.0.255")
     settings: dict[str, Any] = {"broadcast_addresses": ("10.0.0.255", "10.1.255.255")}
     settings.update(config)
+    identity = Identity.generate()
     discovery = Discovery(
         Config(**settings),
         sock,  # type: ignore[arg-type]
-        Beacon(BeaconKind.ANNOUNCE, uuid.uuid4(), "me", 7000),
+        Beacon(BeaconKind.ANNOUNCE, identity.peer_id, "me", 7000),
         PeerTable(10, 4, 5),
         notes.append,
         counters,
         drops,
+        identity,
     )
     discovery.refresh_targets()
     return discovery, notes, sock, counters
@@ -205,18 +210,17 @@ async def test_a_send_error_on_one_address_is_counted_not_fatal() -> None:
 async def test_beacons_drive_discovered_and_lost() -> None:
     with trio.fail_after(5):
         discovery, notes, _sock, _ = make_discovery()
-        node = uuid.uuid4()
-        announce = encode_beacon(Beacon(BeaconKind.ANNOUNCE, node, "B", 7001))
-        discovery.handle_datagram(announce, "10.1.0.7")
-        discovery.handle_datagram(announce, "10.1.0.7")
+        bob = Identity.generate()
+        at = ("10.1.0.7",)
+        discovery.handle_datagram(signed_beacon(identity=bob, name="B", sources=at), "10.1.0.7")
+        discovery.handle_datagram(signed_beacon(identity=bob, name="B", sources=at), "10.1.0.7")
         assert [type(n) for n in notes] == [PeerDiscovered]
-        discovery.handle_datagram(
-            encode_beacon(Beacon(BeaconKind.GOODBYE, node, "B", 7001)), "10.1.0.7"
-        )
+        goodbye = signed_beacon(BeaconKind.GOODBYE, bob, "B", sources=at)
+        discovery.handle_datagram(goodbye, "10.1.0.7")
         assert [type(n) for n in notes] == [PeerDiscovered, PeerLost]
         # a goodbye for an unknown peer says nothing
         discovery.handle_datagram(
-            encode_beacon(Beacon(BeaconKind.GOODBYE, uuid.uuid4(), "C", 1)), "10.1.0.8"
+            signed_beacon(BeaconKind.GOODBYE, name="C", sources=("10.1.0.8",)), "10.1.0.8"
         )
         assert len(notes) == 2
 
@@ -224,9 +228,79 @@ async def test_beacons_drive_discovered_and_lost() -> None:
 async def test_own_beacons_are_ignored() -> None:
     with trio.fail_after(5):
         discovery, notes, _sock, _ = make_discovery()
-        discovery.handle_datagram(encode_beacon(discovery.beacon), "10.1.0.1")
+        own = signed_beacon(identity=discovery.identity, sources=("10.1.0.1",))
+        discovery.handle_datagram(own, "10.1.0.1")
         assert notes == []
         assert discovery._drops["own"] == 1
+
+
+async def test_sent_beacons_are_signed_for_each_target() -> None:
+    with trio.fail_after(5):
+        discovery, _notes, sock, _ = make_discovery(broadcast_addresses=("127.255.255.255",))
+        await discovery.send(BeaconKind.ANNOUNCE)
+        await discovery.send(BeaconKind.ANNOUNCE)
+        first, second = (decode_beacon(data) for data, _ in sock.sent)
+        for beacon in (first, second):
+            assert beacon.key == discovery.identity.public_key
+            assert beacon.addresses == (b"\x7f\x00\x00\x01",)
+            assert beacon_signature_valid(beacon)
+        assert second.counter > first.counter > 1_700_000_000_000
+
+
+async def test_forged_moved_and_replayed_beacons_are_dropped() -> None:
+    """Only the holder of a node's key can announce it, from its own addresses, once."""
+    with trio.fail_after(5):
+        discovery, notes, _sock, _ = make_discovery()
+        bob, mallory = Identity.generate(), Identity.generate()
+        at = ("10.1.0.7",)
+        genuine = signed_beacon(identity=bob, name="Bob", port=7001, sources=at)
+        discovery.handle_datagram(genuine, "10.1.0.7")
+        assert len(notes) == 1
+        drops = discovery._drops
+        cases = [
+            # Mallory claims Bob's id (her key does not derive it)
+            (
+                signed_beacon(identity=mallory, node_id=bob.peer_id, sources=("10.1.0.66",)),
+                "10.1.0.66",
+                "key_mismatch",
+            ),
+            # Bob's genuine beacon replayed from Mallory's address
+            (genuine, "10.1.0.66", "address_not_signed"),
+            # ... and from Bob's own address (a spoofed source): not newer
+            (genuine, "10.1.0.7", "stale"),
+            # a goodbye "from Bob" that Mallory signed
+            (
+                signed_beacon(BeaconKind.GOODBYE, mallory, node_id=bob.peer_id, sources=at),
+                "10.1.0.7",
+                "key_mismatch",
+            ),
+        ]
+        for data, source, cause in cases:
+            before = drops[cause]
+            discovery.handle_datagram(data, source)
+            assert drops[cause] == before + 1, cause
+        # a changed byte breaks the signature (here: the port, 7001 -> 7002)
+        tampered = bytearray(signed_beacon(identity=bob, name="Bob", port=7001, sources=at))
+        position = tampered.index(b"\x19\x1b\x59")  # CBOR for 7001
+        tampered[position + 2] = 0x5A
+        discovery.handle_datagram(bytes(tampered), "10.1.0.7")
+        assert drops["bad_signature"] == 1
+        assert len(notes) == 1  # nothing changed: Bob is where he was
+        peer = discovery.table.get(bob.peer_id)
+        assert peer is not None
+        assert (peer.address, peer.port) == ("10.1.0.7", 7001)
+
+
+async def test_signature_checks_are_budgeted_per_address() -> None:
+    with trio.fail_after(10):
+        discovery, _notes, _sock, _ = make_discovery()
+        flood = [signed_beacon(sources=("10.1.0.9",)) for _ in range(VERIFY_PER_ADDRESS + 5)]
+        for data in flood:
+            discovery.handle_datagram(data, "10.1.0.9")
+        assert discovery._drops["verify_rate"] == 5
+        # another address still has its budget
+        discovery.handle_datagram(signed_beacon(sources=("10.1.0.10",)), "10.1.0.10")
+        assert discovery._drops["verify_rate"] == 5
 
 
 @pytest.mark.parametrize("kind", [BeaconKind.REQUEST])
@@ -240,7 +314,7 @@ async def test_a_request_makes_the_node_announce_early(
             await trio.sleep(1)
             before = len(sock.sent)
             discovery.handle_datagram(
-                encode_beacon(Beacon(kind, uuid.uuid4(), "asker", 7002)), "10.1.0.9"
+                signed_beacon(kind, name="asker", port=7002, sources=("10.1.0.9",)), "10.1.0.9"
             )
             await trio.sleep(3)  # well before the next interval
             assert len(sock.sent) == before + 1
@@ -303,13 +377,13 @@ def test_a_full_table_evicts_from_the_most_crowded_address() -> None:
 async def test_a_goodbye_counts_only_from_the_peers_own_address() -> None:
     with trio.fail_after(5):
         discovery, notes, _sock, _ = make_discovery()
-        node = uuid.uuid4()
-        discovery.handle_datagram(
-            encode_beacon(Beacon(BeaconKind.ANNOUNCE, node, "B", 1)), "10.1.0.7"
-        )
-        goodbye = encode_beacon(Beacon(BeaconKind.GOODBYE, node, "B", 1))
+        bob = Identity.generate()
+        both = ("10.1.0.7", "10.1.0.66")  # a peer on two networks
+        discovery.handle_datagram(signed_beacon(identity=bob, sources=both), "10.1.0.7")
+        goodbye = signed_beacon(BeaconKind.GOODBYE, bob, sources=both)
         discovery.handle_datagram(goodbye, "10.1.0.66")
         assert [type(n) for n in notes] == [PeerDiscovered]
         assert discovery._drops["goodbye_from_elsewhere"] == 1
+        goodbye = signed_beacon(BeaconKind.GOODBYE, bob, sources=both)
         discovery.handle_datagram(goodbye, "10.1.0.7")
         assert [type(n) for n in notes] == [PeerDiscovered, PeerLost]

@@ -15,8 +15,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from trio_p2p._codec import FrameDecoder, decode_beacon, encode_beacon, encode_frame
+from trio_p2p._codec import (
+    FrameDecoder,
+    beacon_signature_valid,
+    decode_beacon,
+    encode_beacon,
+    encode_frame,
+    sign_beacon,
+)
+from trio_p2p._identity import Identity
 from trio_p2p._messages import (
     Ack,
     Beacon,
@@ -44,6 +53,10 @@ PROTOCOL_RST = Path(__file__).parent.parent / "docs" / "protocol.rst"
 
 ALICE = uuid.UUID(int=1)
 BOB = uuid.UUID(int=2)
+#: the identity keys of the beacon vectors: Ed25519 private keys 00 01 .. 1f
+#: and 20 21 .. 3f (their signatures are deterministic)
+ALICE_KEY = Identity._of(Ed25519PrivateKey.from_private_bytes(bytes(range(32))), None)
+BOB_KEY = Identity._of(Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64))), None)
 TIMESTAMP = 1700000000.5
 TRANSFER = uuid.UUID(int=5)
 
@@ -120,9 +133,39 @@ VALUES: dict[str, Frame | Beacon] = {
     "file-verdict": FileVerdict(TRANSFER, verified=True, reason=""),
     "file-verdict-failed": FileVerdict(TRANSFER, verified=False, reason="corrupt"),
     "file-cancel": FileCancel(TRANSFER, "cancelled"),
-    "beacon-announce": Beacon(BeaconKind.ANNOUNCE, node_id=ALICE, name="Alice", port=6969),
-    "beacon-request": Beacon(BeaconKind.REQUEST, node_id=BOB, name="Bob", port=40001),
-    "beacon-goodbye": Beacon(BeaconKind.GOODBYE, node_id=ALICE, name="Alice", port=6969),
+    "beacon-announce": sign_beacon(
+        Beacon(
+            BeaconKind.ANNOUNCE,
+            node_id=ALICE_KEY.peer_id,
+            name="Alice",
+            port=6969,
+            counter=1700000000500,
+            addresses=(bytes([192, 168, 1, 20]),),
+        ),
+        ALICE_KEY,
+    ),
+    "beacon-request": sign_beacon(
+        Beacon(
+            BeaconKind.REQUEST,
+            node_id=BOB_KEY.peer_id,
+            name="Bob",
+            port=40001,
+            counter=1700000000501,
+            addresses=(bytes([192, 168, 1, 21]), bytes([10, 0, 0, 5])),
+        ),
+        BOB_KEY,
+    ),
+    "beacon-goodbye": sign_beacon(
+        Beacon(
+            BeaconKind.GOODBYE,
+            node_id=ALICE_KEY.peer_id,
+            name="Alice",
+            port=6969,
+            counter=1700000000502,
+            addresses=(bytes([192, 168, 1, 20]),),
+        ),
+        ALICE_KEY,
+    ),
 }
 
 
@@ -191,6 +234,7 @@ def test_vector_encodes_and_decodes_as_documented(name: str) -> None:
         assert vector.kind == "beacon"
         assert encode_beacon(value) == vector.data
         assert decode_beacon(vector.data) == value
+        assert beacon_signature_valid(value)
     else:
         assert vector.kind == "frame"
         assert encode_frame(value) == vector.data

@@ -42,7 +42,15 @@ from trio_p2p._messenger import HANDSHAKES_PER_ADDRESS
 from trio_p2p._secure import SecureStream
 
 from .conftest import ConfigFactory
-from .helpers import connect, drain, first_line, secure_dial_raw, texts, wait_for
+from .helpers import (
+    connect,
+    drain,
+    first_line,
+    secure_dial_raw,
+    signed_beacon,
+    texts,
+    wait_for,
+)
 
 
 def hello_from(node_id: uuid.UUID, nonce: bytes = b"n" * 16) -> Hello:
@@ -301,24 +309,26 @@ async def test_malformed_and_spoofed_beacons(
                 udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
                 for junk in (b"\x00\x01\x02\x03", b"", os.urandom(600), b"\xa1\x61m\x44TP2P"):
                     udp.sendto(junk, target)
-                # a beacon pretending to be Alice herself
+                # a beacon pretending to be Alice herself, unsigned: malformed
                 udp.sendto(
                     encode_beacon(Beacon(BeaconKind.ANNOUNCE, a.peer_id, "Alice", 1)), target
                 )
-                # a flood of ids from one address
+                # Mallory's key, Alice's id
+                udp.sendto(signed_beacon(node_id=a.peer_id, name="Alice"), target)
+                # a flood of genuinely signed ids from one address
                 for _ in range(200):
-                    udp.sendto(
-                        encode_beacon(Beacon(BeaconKind.ANNOUNCE, uuid.uuid4(), "F", 9)), target
-                    )
-                # a spoofed goodbye for Bob drops him from discovery, not the connection
-                udp.sendto(encode_beacon(Beacon(BeaconKind.GOODBYE, b.peer_id, "Bob", 1)), target)
+                    udp.sendto(signed_beacon(name="F", port=9), target)
+                # a forged goodbye for Bob (Mallory's key): dropped, Bob stays found
+                udp.sendto(signed_beacon(BeaconKind.GOODBYE, node_id=b.peer_id, name="Bob"), target)
             await trio.sleep(0.3)
             stats = a.statistics()
-            assert stats.datagrams_dropped["malformed"] >= 4
-            assert stats.datagrams_dropped["own"] >= 1
+            assert stats.datagrams_dropped["malformed"] >= 5
+            assert stats.datagrams_dropped["own"] >= 1  # (its own, and the forgery)
+            assert stats.datagrams_dropped["key_mismatch"] >= 1
             flood = [p for p in a.discovered_peers() if p.name == "F"]
             assert len(flood) <= 4  # the per-address cap held
             assert a.peer_id not in {p.id for p in a.discovered_peers()}
+            assert b.peer_id in {p.id for p in a.discovered_peers()}
             assert [p.id for p in a.connected_peers()] == [b.peer_id]
             assert any("malformed beacon" in r.getMessage() for r in caplog.records)
             # the log is rate-limited: far fewer warnings than bad datagrams

@@ -492,6 +492,7 @@ async def test_a_host_flooding_the_lan_harms_no_honest_host(tmp_path: Path) -> N
             for each in stats:
                 assert each["peers_discovered"] <= 2 + 16  # the flood's address: 16 at most
                 assert each["datagrams_dropped"]["malformed"] > 0
+                assert each["datagrams_dropped"]["key_mismatch"] > 0
                 assert each["connections_refused"]["too_many_handshakes_from_address"] > 0
                 assert each["peak_rss_mib"] < 100
             print("flood:", counts)

@@ -26,7 +26,7 @@ from trio_p2p import (
 from trio_p2p._messages import BeaconKind
 
 from .conftest import ConfigFactory, free_udp_port
-from .helpers import connect, discover, drain, texts, wait_for
+from .helpers import connect, discover, drain, signed_beacon, texts, wait_for
 
 
 async def test_three_messengers_discover_connect_in_a_mesh_and_talk(
@@ -305,25 +305,27 @@ async def test_events_channel_ends_after_exit(make_config: ConfigFactory) -> Non
 async def test_discovery_events_coalesce_while_the_application_is_slow(
     make_config: ConfigFactory,
 ) -> None:
-    import uuid
+    from trio_p2p._identity import Identity
+    from trio_p2p._messages import BeaconKind
 
-    from trio_p2p._codec import encode_beacon
-    from trio_p2p._messages import Beacon, BeaconKind
-
-    config = make_config(event_buffer=2, max_peers_per_address=1000, max_discovered_peers=1000)
-    with trio.fail_after(10):
+    config = make_config(
+        event_buffer=2, max_peers_per_address=1000, max_discovered_peers=1000, peer_timeout=10
+    )
+    with trio.fail_after(15):
         async with open_messenger("Alice", config) as a:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
                 sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-                ids = [uuid.uuid4() for _ in range(50)]
+                identities = [Identity.generate() for _ in range(50)]
+                ids = [identity.peer_id for identity in identities]
                 for round_ in range(3):
-                    for node_id in ids:
+                    for identity in identities:
                         port = 1000 + round_  # each round changes the port: news each time
-                        data = encode_beacon(Beacon(BeaconKind.ANNOUNCE, node_id, "x", port))
+                        data = signed_beacon(BeaconKind.ANNOUNCE, identity, "x", port)
                         sender.sendto(data, ("127.255.255.255", config.discovery_port))
-                await trio.sleep(0.5)
+                    # (a node checks at most 64 signatures a second from one address)
+                    await trio.sleep(1.05)
             # discovery kept going while nobody read: the table is complete
-            assert len(a.discovered_peers()) == 50
+            assert len(a.discovered_peers()) == 50, a.statistics()
             stats = a.statistics()
             assert stats.events_coalesced > 0
             # one event per peer is pending, newest wins
@@ -502,21 +504,19 @@ async def test_redial_by_another_name_for_the_address_is_idempotent(
 async def test_a_beacon_flood_keeps_the_event_backlog_bounded(
     make_config: ConfigFactory,
 ) -> None:
-    import uuid
-
-    from trio_p2p._codec import encode_beacon
-    from trio_p2p._messages import Beacon, BeaconKind
-
     config = make_config(event_buffer=2, max_peers_per_address=8)
     with trio.fail_after(15):
         async with open_messenger("Alice", config) as a:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
                 sender.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-                for _ in range(3000):  # fresh ids: each evicts another from the table
-                    data = encode_beacon(Beacon(BeaconKind.ANNOUNCE, uuid.uuid4(), "F", 9))
-                    sender.sendto(data, ("127.255.255.255", config.discovery_port))
-                    if _ % 100 == 0:
-                        await trio.sleep(0.01)
+                # fresh ids: each evicts another from the table (as many as the
+                # node checks: 64 signatures a second from one address)
+                for second in range(3):
+                    for _ in range(64):
+                        data = signed_beacon(name="F", port=9)
+                        sender.sendto(data, ("127.255.255.255", config.discovery_port))
+                    if second < 2:
+                        await trio.sleep(1.05)
             await trio.sleep(0.3)
             assert len(a.discovered_peers()) <= 8
             events = await drain(a, 0.3)

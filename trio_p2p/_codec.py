@@ -18,11 +18,13 @@ import uuid
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+import attrs
 import cattrs
 import cbor2
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ._errors import ProtocolError
+from ._identity import PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Identity, peer_id_of, verify
 from ._messages import (
     BEACON_MAGIC,
     FRAME_TAGS,
@@ -55,11 +57,15 @@ __all__ = [
     "CHUNK_HEAD_ROOM",
     "CHUNK_TAIL_ROOM",
     "DIGEST_SIZE",
+    "MAX_BEACON_ADDRESSES",
     "MAX_BEACON_SIZE",
     "MAX_FILE_NAME_BYTES",
     "MAX_REASON_CHARS",
     "FrameDecoder",
     "MessageIds",
+    "beacon_key_matches",
+    "beacon_signature_valid",
+    "beacon_signed_bytes",
     "chunk_frame_parts",
     "decode_beacon",
     "decode_frame",
@@ -67,10 +73,14 @@ __all__ = [
     "encode_data",
     "encode_frame",
     "frame_chunk_in_place",
+    "sign_beacon",
 ]
 
 #: Largest beacon datagram sent or accepted.
 MAX_BEACON_SIZE = 512
+#: Addresses a beacon may name as its possible sources.
+MAX_BEACON_ADDRESSES = 16
+_BEACON_DOMAIN = b"trio_p2p beacon v1\x00"
 #: Longest reason a goodbye, reject, verdict or cancel may carry.
 MAX_REASON_CHARS = 1024
 #: Longest file name an offer may carry, in UTF-8 bytes (the receiver shortens it).
@@ -180,6 +190,14 @@ def _str_tuple(value: object, _: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _bytes_tuple(value: object, _: object) -> tuple[bytes, ...]:
+    if type(value) is not list:
+        _fail("array", value)
+    for item in value:
+        _bytes(item, None)
+    return tuple(value)
+
+
 def _check_name(name: str) -> str:
     if not name or len(name.encode("utf-8")) > MAX_NAME_BYTES or not name.isprintable():
         raise ValueError(
@@ -276,6 +294,8 @@ def _make_converter() -> cattrs.Converter:
     conv.register_unstructure_hook(uuid.UUID, lambda u: u.bytes)
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
     conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
+    conv.register_structure_hook_func(lambda t: t == tuple[bytes, ...], _bytes_tuple)
+    conv.register_unstructure_hook_func(lambda t: t == tuple[bytes, ...], list)
     for enum_cls in (GoodbyeCode, BeaconKind):
         conv.register_structure_hook(enum_cls, lambda v, cls: cls(_str(v, None)))
         conv.register_unstructure_hook(enum_cls, str)
@@ -293,7 +313,17 @@ def _make_converter() -> cattrs.Converter:
         },
         Ack: {"seq": "q"},
         Goodbye: {"code": "c", "reason": "r"},
-        Beacon: {"kind": "k", "node_id": "id", "name": "n", "port": "p", "version": "v"},
+        Beacon: {
+            "kind": "k",
+            "node_id": "id",
+            "name": "n",
+            "port": "p",
+            "version": "v",
+            "key": "pk",
+            "counter": "c",
+            "addresses": "ad",
+            "signature": "sg",
+        },
         Ping: {},
         Pong: {},
         FileOffer: {
@@ -930,15 +960,60 @@ def decode_beacon(data: bytes) -> Beacon:
         raise ProtocolError("not a trio_p2p beacon (magic missing)")
     if payload.get("v") != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported beacon version {payload.get('v')!r}")
+    for key in ("pk", "c", "ad", "sg"):
+        if key not in payload:
+            raise ProtocolError(f"beacon lacks field {key!r} (unsigned)")
     try:
         beacon = _converter.structure(payload, Beacon)
         _check_name(beacon.name)
         _check_port(beacon.port)
+        if len(beacon.key) != PUBLIC_KEY_SIZE or len(beacon.signature) != SIGNATURE_SIZE:
+            raise ValueError("wrong key or signature size")
+        if not 0 <= beacon.counter < 2**63:
+            raise ValueError(f"counter out of range: {beacon.counter}")
+        addresses = beacon.addresses
+        if not 1 <= len(addresses) <= MAX_BEACON_ADDRESSES or any(len(a) != 4 for a in addresses):
+            raise ValueError("1 to 16 addresses of 4 bytes each are required")
     except KeyError as exc:
         raise ProtocolError(f"beacon lacks field {exc}") from None
     except Exception as exc:
         raise ProtocolError(f"invalid beacon: {exc}") from None
     return beacon
+
+
+def beacon_signed_bytes(beacon: Beacon) -> bytes:
+    r"""What a beacon's signature signs.
+
+    The domain ``"trio_p2p beacon v1\0"``, then the CBOR array ``[version, kind,
+    node id, name, port, counter, [addresses...]]`` (definite lengths, shortest
+    integers: the one encoding of that array).
+    """
+    fields = [
+        beacon.version,
+        str(beacon.kind),
+        beacon.node_id.bytes,
+        beacon.name,
+        beacon.port,
+        beacon.counter,
+        list(beacon.addresses),
+    ]
+    return _BEACON_DOMAIN + cbor2.dumps(fields, canonical=True)
+
+
+def sign_beacon(beacon: Beacon, identity: Identity) -> Beacon:
+    """*beacon* with *identity*'s key and its signature of the rest."""
+    keyed = attrs.evolve(beacon, key=identity.public_key, signature=b"")
+    return attrs.evolve(keyed, signature=identity.sign(beacon_signed_bytes(keyed)))
+
+
+def beacon_key_matches(beacon: Beacon) -> bool:
+    """Whether the beacon's node id is the one derived from its key (cheap)."""
+    return peer_id_of(beacon.key) == beacon.node_id
+
+
+def beacon_signature_valid(beacon: Beacon) -> bool:
+    """Whether the beacon's signature is its key's signature of its fields."""
+    return verify(beacon.key, beacon.signature, beacon_signed_bytes(beacon))
 
 
 def check_name(name: str) -> str:

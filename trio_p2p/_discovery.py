@@ -2,32 +2,73 @@
 
 Beacons go to every broadcast address (``Config.broadcast_addresses`` or the
 interfaces' own, re-read every few intervals); every node sharing the port on
-a host hears every beacon (SO_REUSEADDR + SO_REUSEPORT).
+a host hears every beacon (SO_REUSEADDR + SO_REUSEPORT). Every beacon is
+signed by its sender's identity key, names the addresses it may come from and
+carries a growing counter, so a forged, moved or replayed beacon is dropped.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
+import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 
 import attrs
 import trio
 
-from ._codec import MAX_BEACON_SIZE, decode_beacon, encode_beacon
+from ._codec import (
+    MAX_BEACON_SIZE,
+    beacon_key_matches,
+    beacon_signature_valid,
+    decode_beacon,
+    encode_beacon,
+    sign_beacon,
+)
 from ._config import Config
 from ._errors import ProtocolError
 from ._events import PeerDiscovered, PeerInfo, PeerLost
+from ._identity import Identity
 from ._log import RateLimitedWarnings, get_logger
 from ._messages import Beacon, BeaconKind
-from ._netif import broadcast_addresses
+from ._netif import broadcast_addresses, source_addresses
 
 __all__ = ["Discovery", "Observation", "PeerTable", "open_discovery_socket"]
 
 logger = get_logger("discovery")
 bad_input = RateLimitedWarnings(logger)
+
+#: Signature checks per second, from one source address and in all; beacons
+#: beyond are dropped unchecked (a flood of forged beacons costs bounded CPU).
+VERIFY_PER_ADDRESS = 64
+VERIFY_TOTAL = 1024
+
+
+class VerifyBudget:
+    """How many beacon signatures may still be checked this second (per address, in all)."""
+
+    def __init__(self, per_address: int = VERIFY_PER_ADDRESS, total: int = VERIFY_TOTAL) -> None:
+        self._per_address = per_address
+        self._total = total
+        self._window = -1.0
+        self._spent = 0
+        self._by_address: dict[str, int] = {}
+
+    def take(self, address: str, now: float) -> bool:
+        """Spend one check for *address*; False if its budget or the total is spent."""
+        if now - self._window >= 1.0:
+            self._window = now
+            self._spent = 0
+            self._by_address.clear()
+        spent = self._by_address.get(address, 0)
+        if self._spent >= self._total or spent >= self._per_address:
+            return False
+        self._by_address[address] = spent + 1
+        self._spent += 1
+        return True
 
 
 @attrs.frozen
@@ -175,11 +216,13 @@ class Discovery:
     Args:
         config: the messenger's configuration.
         sock: the bound discovery socket (see :func:`open_discovery_socket`).
-        beacon: this node's announcement (its kind is replaced as needed).
+        beacon: this node's announcement (its kind is replaced as needed; it is
+            signed for each target).
         table: the peer table to keep.
         notify: receives every :class:`PeerDiscovered` / :class:`PeerLost`; never blocks.
         counters: the messenger's counters (``datagrams_*``).
         drops: the messenger's per-cause drop counters.
+        identity: this node's identity, which signs its beacons.
     """
 
     def __init__(
@@ -191,10 +234,19 @@ class Discovery:
         notify: Callable[[PeerDiscovered | PeerLost], None],
         counters: Counter[str],
         drops: Counter[str],
+        identity: Identity,
     ) -> None:
         self.config = config
         self.sock = sock
-        self.beacon = beacon
+        self.identity = identity
+        self.beacon = attrs.evolve(beacon, key=identity.public_key)
+        #: the addresses each target's beacons may come from (packed IPv4)
+        self._sources: dict[str, tuple[bytes, ...]] = {}
+        self._last_counter = 0
+        #: the newest counter accepted from each node (bounded; oldest forgotten)
+        self._counters_seen: OrderedDict[uuid.UUID, int] = OrderedDict()
+        self._counters_kept = 4 * config.max_discovered_peers
+        self._budget = VerifyBudget()
         self.table = table
         self._notify = notify
         self._counters = counters
@@ -223,6 +275,19 @@ class Discovery:
         if targets != self._targets:
             logger.info("discovery broadcasts to %s", ", ".join(targets) or "nothing")
         self._targets = targets
+        try:
+            sources = source_addresses(targets)
+        except OSError as exc:
+            logger.warning("cannot list network interfaces: %s", exc)
+            return
+        self._sources = {
+            target: tuple(ipaddress.IPv4Address(a).packed for a in found)
+            for target, found in sources.items()
+        }
+
+    def _next_counter(self) -> int:
+        self._last_counter = max(self._last_counter + 1, time.time_ns() // 1_000_000)
+        return self._last_counter
 
     async def send(self, kind: BeaconKind) -> None:
         """Send one beacon of *kind* to every target; errors are counted, never raised.
@@ -234,8 +299,12 @@ class Discovery:
             return
         if kind is BeaconKind.GOODBYE:
             self._gone = True
-        data = encode_beacon(attrs.evolve(self.beacon, kind=kind))
+        template = attrs.evolve(self.beacon, kind=kind)
         for target in self._targets:
+            beacon = attrs.evolve(
+                template, counter=self._next_counter(), addresses=self._sources.get(target, ())
+            )
+            data = encode_beacon(sign_beacon(beacon, self.identity))
             try:
                 await self.sock.sendto(data, (target, self.config.discovery_port))
             except OSError as exc:
@@ -312,6 +381,14 @@ class Discovery:
         if beacon.node_id == self.beacon.node_id:
             self._drops["own"] += 1
             return
+        why = self._check(beacon, address)
+        if why is not None:
+            self._drops[why] += 1
+            if why == "verify_rate":
+                logger.debug("beacon from %s dropped unchecked: %s", address, why)
+            else:
+                bad_input.warning("beacon for %s from %s dropped: %s", beacon.node_id, address, why)
+            return
         if beacon.kind is BeaconKind.REQUEST:
             self.request_announce()
             self._observe(beacon, address)
@@ -330,6 +407,33 @@ class Discovery:
             self.table.remove(beacon.node_id)
             logger.info("peer %s (%s) said goodbye", known.name, known.id)
             self._notify(PeerLost(known))
+
+    def _check(self, beacon: Beacon, address: str) -> str | None:
+        """Why *beacon*, heard from *address*, must be dropped; None if it is genuine.
+
+        Cheap checks first; the signature is checked last, within a budget.
+        """
+        if not beacon_key_matches(beacon):
+            return "key_mismatch"
+        try:
+            packed = ipaddress.IPv4Address(address).packed
+        except ValueError:
+            return "address_not_signed"
+        if packed not in beacon.addresses:
+            return "address_not_signed"
+        last = self._counters_seen.get(beacon.node_id)
+        if last is not None and beacon.counter <= last:
+            return "stale"
+        if not self._budget.take(address, time.monotonic()):
+            return "verify_rate"
+        if not beacon_signature_valid(beacon):
+            return "bad_signature"
+        seen = self._counters_seen
+        seen[beacon.node_id] = beacon.counter
+        seen.move_to_end(beacon.node_id)
+        if len(seen) > self._counters_kept:
+            seen.popitem(last=False)
+        return None
 
     def _observe(self, beacon: Beacon, address: str) -> None:
         seen = self.table.observe(

@@ -358,7 +358,7 @@ class BeaconKind(enum.StrEnum):
 
 @attrs.frozen
 class Beacon:
-    """One discovery datagram.
+    """One discovery datagram, signed by its sender's identity key.
 
     Attributes:
         kind: announce, request or goodbye.
@@ -366,6 +366,14 @@ class Beacon:
         name: the sender's display name.
         port: the TCP port the sender listens on.
         version: protocol version of the sender.
+        key: the sender's Ed25519 public key (its node id derives from it).
+        counter: grows with every beacon the sender sends (milliseconds since
+            the Unix epoch, or one more than the last if the clock did not
+            advance): a receiver drops one not newer than the last it accepted.
+        addresses: the IPv4 addresses (4 bytes each) the beacon may come from:
+            the sender's own, on the network it is broadcast to.
+        signature: the key's signature of the other fields (see
+            ``beacon_signed_bytes``).
     """
 
     kind: BeaconKind
@@ -373,3 +381,7 @@ class Beacon:
     name: str
     port: int
     version: int = PROTOCOL_VERSION
+    key: bytes = b""
+    counter: int = 0
+    addresses: tuple[bytes, ...] = ()
+    signature: bytes = b""

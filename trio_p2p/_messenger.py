@@ -310,6 +310,7 @@ class Messenger:
             self._outlet.discovery,
             self._counters,
             self._drops,
+            identity,
         )
 
     # ------------------------------------------------------------ identity

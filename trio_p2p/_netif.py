@@ -9,7 +9,7 @@ from typing import Any
 
 import ifaddr
 
-__all__ = ["broadcast_addresses", "interface_is_up"]
+__all__ = ["broadcast_addresses", "interface_is_up", "source_addresses"]
 
 _IFF_UP = 0x1
 _IFF_LOOPBACK = 0x8
@@ -67,3 +67,36 @@ def broadcast_addresses(
                 continue
             found.add(str(network.broadcast_address))
     return tuple(sorted(found, key=ipaddress.IPv4Address))
+
+
+def source_addresses(
+    targets: Iterable[str],
+    adapters: Iterable[Any] | None = None,
+    *,
+    is_up: Callable[[str], bool] = interface_is_up,
+    limit: int = 16,
+) -> dict[str, tuple[str, ...]]:
+    """For each broadcast *target*, the addresses a datagram to it may come from.
+
+    They are this machine's IPv4 addresses on the up networks whose broadcast
+    address is the target (loopback included: ``127.255.255.255`` gives
+    ``127.0.0.1``). For a target no network matches (a unicast address, say),
+    every up IPv4 address of the machine. At most *limit* per target, sorted.
+    """
+    if adapters is None:
+        adapters = ifaddr.get_adapters()
+    by_broadcast: dict[str, set[str]] = {}
+    everything: set[str] = set()
+    for adapter in adapters:
+        if not is_up(adapter.name):
+            continue
+        for interface in _ipv4s(adapter):
+            everything.add(str(interface.ip))
+            by_broadcast.setdefault(str(interface.network.broadcast_address), set()).add(
+                str(interface.ip)
+            )
+
+    def ordered(addresses: Iterable[str]) -> tuple[str, ...]:
+        return tuple(sorted(addresses, key=ipaddress.IPv4Address)[:limit])
+
+    return {target: ordered(by_broadcast.get(target) or everything) for target in targets}
