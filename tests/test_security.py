@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
+import stat
+import uuid
 
 import pytest
 import trio
@@ -14,6 +17,7 @@ from trio_p2p import (
     PeerConnected,
     open_messenger,
 )
+from trio_p2p._trust import KnownPeer, KnownPeers
 
 from .conftest import ConfigFactory
 from .helpers import texts, wait_for
@@ -142,3 +146,97 @@ async def test_who_may_connect(
                 while not bob.statistics().connections_refused:  # noqa: ASYNC110 (a counter)
                     await trio.sleep(0.01)
             assert bob.connected_peers() == []
+
+
+async def test_trust_known_admits_listed_and_remembered_peers_only(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    bob_key = Identity.load_or_create(tmp_path / "bob.key")
+    alice_id = Identity.generate()
+    with trio.fail_after(15):
+        # Bob meets Alice once, trusting anyone: she is remembered in his file
+        async with (
+            open_messenger("Alice", make_config(identity=alice_id)) as alice,
+            open_messenger("Bob", make_config(identity=bob_key)) as bob,
+        ):
+            await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+        assert (tmp_path / "bob.key.known.json").exists()
+        # Bob, now trusting known peers only: Alice is in, Carol is out (both ways)
+        strict = make_config(identity=Identity.load_or_create(tmp_path / "bob.key"), trust="known")
+        async with (
+            open_messenger("Bob", strict) as bob,
+            open_messenger("Alice", make_config(identity=alice_id)) as alice,
+            open_messenger("Carol", make_config()) as carol,
+        ):
+            assert alice.peer_id in bob.known_peers
+            peer = await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+            assert peer.id == bob.peer_id
+            with pytest.raises(HandshakeError, match="known peers only"):
+                await carol.connect_to_peer(("127.0.0.1", bob.tcp_port))
+            with pytest.raises(HandshakeError, match="known peers only"):
+                await bob.connect_to_peer(("127.0.0.1", carol.tcp_port))
+            assert bob.statistics().connections_refused["unknown_peer"] == 2
+            assert [p.id for p in bob.connected_peers()] == [alice.peer_id]
+        # ... or listed
+        frank = Identity.generate()
+        listed = make_config(trust="known", known_peers=[frank.peer_id])
+        async with (
+            open_messenger("Dave", listed) as dave,
+            open_messenger("Frank", make_config(identity=frank)) as frank_node,
+            open_messenger("Eve", make_config()) as eve,
+        ):
+            peer = await frank_node.connect_to_peer(("127.0.0.1", dave.tcp_port))
+            assert peer.id == dave.peer_id
+            with pytest.raises(HandshakeError, match="known peers only"):
+                await eve.connect_to_peer(("127.0.0.1", dave.tcp_port))
+
+
+async def test_a_known_name_with_a_new_key_is_flagged(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_p2p")
+    with trio.fail_after(15):
+        async with open_messenger("Bob", make_config()) as bob:
+            async with open_messenger("Alice", make_config()) as first:
+                await first.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                met = await wait_for(bob, PeerConnected, peer=first.peer_id)
+                assert not met.peer.new_key
+            # "Alice" again, with another key (an ephemeral node restarted, or not Alice)
+            async with open_messenger("Alice", make_config()) as second:
+                await second.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                met = await wait_for(bob, PeerConnected, peer=second.peer_id)
+                assert met.peer.new_key
+                assert met.peer.fingerprint == second.identity.fingerprint
+                assert [p.new_key for p in bob.connected_peers()] == [True]
+            assert any("known with another key" in r.getMessage() for r in caplog.records)
+            # the same id coming back is not flagged
+            async with open_messenger("Alice", make_config(identity=second.identity)) as third:
+                await third.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                met = await wait_for(bob, PeerConnected, peer=third.peer_id)
+                assert not met.peer.new_key
+
+
+def test_known_peers_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "id.key.known.json"
+    known = KnownPeers.load(path)
+    ids = [uuid.uuid4() for _ in range(3)]
+    assert known.remember(ids[0], "A", "1", now=10.0)
+    assert not known.remember(ids[0], "A", "1", now=11.0)  # only last_seen changed
+    assert known.remember(ids[0], "A2", "1", now=12.0)  # a new name is worth saving
+    known.remember(ids[1], "B", "2", now=13.0)
+    known.save()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = KnownPeers.load(path)
+    assert again.get(ids[0]) == KnownPeer(ids[0], "A2", "1", 10.0, 12.0)
+    assert [p.peer_id for p in again.others_named("B", ids[2])] == [ids[1]]
+    assert again.others_named("B", ids[1]) == []
+    # bounded: the least recently seen goes
+    small = KnownPeers(None, limit=2)
+    for i, peer_id in enumerate(ids):
+        small.remember(peer_id, "x", "f", now=float(i))
+    assert ids[0] not in small
+    assert len(small) == 2
+    # a damaged file is set aside, not trusted
+    path.write_text("{not json")
+    assert len(KnownPeers.load(path)) == 0
+    assert path.with_name(path.name + ".bad").exists()

@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import os
 import pathlib
+import uuid
 from collections.abc import Iterable
 
 import attrs
@@ -134,6 +135,15 @@ class Config:
         insecure_plaintext: for debugging only: no encryption and no proof of
             identity, so anyone on the network can read, change and impersonate
             everything. Such a node cannot talk to the default, encrypted ones.
+        trust: who may connect, once its key is proven: ``"any"`` (the
+            default: every node; those seen before are remembered, and a known
+            name coming back with another id is flagged, see
+            :attr:`PeerInfo.new_key`) or ``"known"`` (only ids remembered from
+            earlier connections or listed in *known_peers*; others are refused).
+            Peers are remembered in memory, and in a file beside the identity
+            file when the identity is kept in one.
+        known_peers: peer ids that may always connect, even with
+            ``trust="known"`` (say, ids whose fingerprints were checked).
     """
 
     discovery_port: int = attrs.field(default=6968, validator=_port)
@@ -167,6 +177,8 @@ class Config:
     identity: Identity | None = None
     network_key: bytes | None = attrs.field(default=None, converter=_network_key, repr=False)
     insecure_plaintext: bool = False
+    trust: str = attrs.field(default="any", validator=attrs.validators.in_(("any", "known")))
+    known_peers: frozenset[uuid.UUID] = attrs.field(default=frozenset(), converter=frozenset)
 
     def __attrs_post_init__(self) -> None:
         if self.peer_timeout <= self.announce_interval:

@@ -50,6 +50,10 @@ class PeerInfo:
         fingerprint: the fingerprint of the key the peer proved in the
             handshake (see :attr:`Identity.fingerprint`), for a connected peer;
             None for a peer only discovered, or connected in plaintext mode.
+        new_key: True for a connected peer whose name this node knew with
+            another id (another key): an impostor, or the same node with a new
+            key (an ephemeral identity is new on every run). Compare
+            fingerprints before trusting it.
     """
 
     id: uuid.UUID
@@ -58,6 +62,7 @@ class PeerInfo:
     port: int
     last_seen: float = attrs.field(eq=False)
     fingerprint: str | None = attrs.field(default=None, eq=False)
+    new_key: bool = attrs.field(default=False, eq=False)
 
 
 @attrs.frozen

@@ -60,6 +60,7 @@ from ._secure import SecureStream, secure_accept, secure_dial
 from ._session import Session
 from ._socketio import SocketIO
 from ._stats import Statistics
+from ._trust import KnownPeers, known_peers_path
 
 __all__ = ["Messenger", "open_messenger"]
 
@@ -266,6 +267,10 @@ class Messenger:
         self.config = config
         #: this node's identity (its key; the peer id derives from it)
         self.identity = identity
+        #: the peers connected before (kept beside the identity file, if any)
+        self.known_peers = KnownPeers.load(
+            known_peers_path(identity.path) if identity.path is not None else None
+        )
         #: the X25519 key of this messenger's Noise handshakes (signed by the identity)
         self._static_key = X25519PrivateKey.generate().private_bytes_raw()
         self._nursery = nursery
@@ -825,7 +830,7 @@ class Messenger:
             if scope.cancelled_caught:
                 cause, reason = "handshake_timeout", "no hello within the handshake timeout"
             else:
-                decision = self._admission(hello, address)
+                decision = self._trusted(hello) or self._admission(hello, address)
                 if isinstance(decision, PeerConnection):
                     self._admitting.add(hello.node_id)
                     try:
@@ -922,7 +927,11 @@ class Messenger:
                     f"the hello claims id {hello.node_id}, but the peer proved the key "
                     f"of {proof.peer_id}"
                 )
-            if hello.node_id == self.peer_id:
+            untrusted = self._trusted(hello)
+            if untrusted is not None:
+                self._refused[untrusted[0]] += 1
+                refusal = untrusted[1]
+            elif hello.node_id == self.peer_id:
                 refusal = f"{host}:{port} is this node itself"
             elif expected is not None and hello.node_id != expected:
                 refusal = f"{host}:{port} is node {hello.node_id}, not {expected}"
@@ -974,6 +983,36 @@ class Messenger:
             raise
         task_status.started(conn)
         await self._run_connection(conn)
+
+    def _trusted(self, hello: Hello) -> tuple[str, str] | None:
+        """Why the proven peer of *hello* may not connect (``Config.trust``), or None."""
+        if self.config.insecure_plaintext or self.config.trust == "any":
+            return None
+        if hello.node_id in self.config.known_peers or hello.node_id in self.known_peers:
+            return None
+        return ("unknown_peer", "this node accepts known peers only, and does not know this one")
+
+    def _remember(self, peer_id: uuid.UUID, name: str, proof: PeerProof) -> bool:
+        """Remember a peer just connected; return whether its name came with a new key."""
+        others = [] if peer_id in self.known_peers else self.known_peers.others_named(name, peer_id)
+        if others:
+            logger.warning(
+                "peer %r (%s) has a name known with another key (id %s, fingerprint %s): "
+                "an impostor, or the same node with a new key; compare fingerprints",
+                name,
+                peer_id,
+                others[0].peer_id,
+                others[0].fingerprint,
+            )
+        if self.known_peers.remember(peer_id, name, fingerprint(proof.public_key)):
+            self._save_known_peers()
+        return bool(others)
+
+    def _save_known_peers(self) -> None:
+        try:
+            self.known_peers.save()
+        except OSError as exc:
+            logger.warning("cannot save the known peers to %s: %s", self.known_peers.path, exc)
 
     async def _settle_dial(self, hello: Hello) -> PeerConnection | None:
         """Settle a dial that reached *hello*'s node against a connection it has.
@@ -1049,7 +1088,11 @@ class Messenger:
             output_pending=output_pending,
         )
         if proof is not None:
-            conn.peer = attrs.evolve(conn.peer, fingerprint=fingerprint(proof.public_key))
+            conn.peer = attrs.evolve(
+                conn.peer,
+                fingerprint=fingerprint(proof.public_key),
+                new_key=self._remember(conn.peer.id, conn.peer.name, proof),
+            )
         if answer is not None:
             conn._queue(answer)
         if resume is not None:
@@ -1241,6 +1284,10 @@ class Messenger:
         )
 
     async def _shutdown(self) -> None:
+        self._save_known_peers()  # (the last_seen times)
+        await self._shutdown_connections()
+
+    async def _shutdown_connections(self) -> None:
         """Leave: goodbye beacon, a grace for acknowledgements, then close everything.
 
         Takes at most ``shutdown_grace`` plus ``CLOSE_PHASE`` seconds (plus the

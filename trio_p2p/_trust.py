@@ -1,0 +1,163 @@
+"""Peers seen before: remembered by id, kept in a file beside a kept identity.
+
+A peer id derives from a key, so an impostor must come with a new id. What
+this store makes visible is the other half: a *name* that was known with one
+id and comes back with another is flagged (see ``PeerInfo.new_key``). With
+``Config.trust = "known"``, only remembered or listed ids may connect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import time
+import uuid
+
+import attrs
+
+from ._log import get_logger
+
+__all__ = ["KnownPeer", "KnownPeers", "known_peers_path"]
+
+logger = get_logger("trust")
+
+#: Peers remembered at most; the least recently seen are forgotten first.
+KNOWN_PEERS_LIMIT = 4096
+_FORMAT_VERSION = 1
+
+
+def known_peers_path(identity_path: pathlib.Path) -> pathlib.Path:
+    """Where the known peers of the identity kept at *identity_path* are kept."""
+    return identity_path.with_name(identity_path.name + ".known.json")
+
+
+@attrs.frozen
+class KnownPeer:
+    """A peer seen before.
+
+    Attributes:
+        peer_id: its id.
+        name: the name it last had.
+        fingerprint: its key's fingerprint.
+        first_seen: when it was first connected (Unix time).
+        last_seen: when it was last connected (Unix time).
+    """
+
+    peer_id: uuid.UUID
+    name: str
+    fingerprint: str
+    first_seen: float
+    last_seen: float
+
+
+class KnownPeers:
+    """The peers this node has been connected to, by id (sans I/O but for :meth:`save`).
+
+    Args:
+        path: the file they are kept in, or None to keep them in memory only.
+        limit: how many to keep at most.
+    """
+
+    def __init__(self, path: pathlib.Path | None = None, limit: int = KNOWN_PEERS_LIMIT) -> None:
+        self.path = path
+        self._limit = limit
+        self._peers: dict[uuid.UUID, KnownPeer] = {}
+
+    @classmethod
+    def load(cls, path: pathlib.Path | None) -> KnownPeers:
+        """The peers kept in *path* (none if it does not exist yet).
+
+        A file that cannot be read or understood is logged at WARNING and set
+        aside (renamed ``*.bad``) rather than trusted or silently overwritten.
+        """
+        known = cls(path)
+        if path is None:
+            return known
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("version") != _FORMAT_VERSION:
+                raise ValueError(f"unknown format version {data.get('version')!r}")
+            for entry in data["peers"]:
+                peer = KnownPeer(
+                    uuid.UUID(entry["id"]),
+                    str(entry["name"]),
+                    str(entry["fingerprint"]),
+                    float(entry["first_seen"]),
+                    float(entry["last_seen"]),
+                )
+                known._peers[peer.peer_id] = peer
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("known peers file %s is unusable (%s); starting afresh", path, exc)
+            with contextlib.suppress(OSError):
+                path.replace(path.with_name(path.name + ".bad"))
+            known._peers.clear()
+        return known
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+    def __contains__(self, peer_id: uuid.UUID) -> bool:
+        return peer_id in self._peers
+
+    def get(self, peer_id: uuid.UUID) -> KnownPeer | None:
+        """The peer known by *peer_id*, if any."""
+        return self._peers.get(peer_id)
+
+    def others_named(self, name: str, peer_id: uuid.UUID) -> list[KnownPeer]:
+        """Known peers called *name* with another id than *peer_id*."""
+        return [p for p in self._peers.values() if p.name == name and p.peer_id != peer_id]
+
+    def remember(
+        self, peer_id: uuid.UUID, name: str, fingerprint: str, now: float | None = None
+    ) -> bool:
+        """Record a connection to a peer; return whether the file needs saving.
+
+        (A new peer, or a known one with a new name; a mere ``last_seen`` is
+        saved with the next change or by :meth:`save`.)
+        """
+        now = time.time() if now is None else now
+        known = self._peers.get(peer_id)
+        if known is None:
+            self._peers[peer_id] = KnownPeer(peer_id, name, fingerprint, now, now)
+            if len(self._peers) > self._limit:
+                stalest = min(self._peers.values(), key=lambda p: p.last_seen)
+                del self._peers[stalest.peer_id]
+            return True
+        self._peers[peer_id] = attrs.evolve(known, name=name, last_seen=now)
+        return known.name != name
+
+    def save(self) -> None:
+        """Write the peers to the file (atomically, readable by the owner only).
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+        if self.path is None:
+            return
+        entries = [
+            {
+                "id": str(p.peer_id),
+                "name": p.name,
+                "fingerprint": p.fingerprint,
+                "first_seen": p.first_seen,
+                "last_seen": p.last_seen,
+            }
+            for p in sorted(self._peers.values(), key=lambda p: p.first_seen)
+        ]
+        text = json.dumps({"version": _FORMAT_VERSION, "peers": entries}, indent=1)
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+            temporary.replace(self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            raise
