@@ -15,6 +15,14 @@ from trio_p2p._log import RateLimitedWarnings
 
 
 @pytest.fixture(autouse=True)
+def _private_data_folder(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CLI nodes (and their subprocesses) keep their identities in a temporary folder."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(autouse=True)
 def _fresh_warning_limits() -> None:
     """Each test starts with the bad-input warning limits unspent (they are global)."""
     for name, module in list(sys.modules.items()):

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import pty
+import stat
 import subprocess
 import sys
 import uuid
@@ -142,6 +143,64 @@ async def test_listen_json_and_send_text_and_file(tmp_path: pathlib.Path) -> Non
             rows = [line.split("\t") for line in plain.stdout.decode().splitlines()]
             assert any(row[0] == "Bob" and row[2].startswith("127.0.0.1:") for row in rows)
             listener.terminate()
+
+
+async def test_identities_one_per_name_stable_and_locked(tmp_path: pathlib.Path) -> None:
+    """Two names are two nodes; a name keeps its id; a key file in use is refused."""
+    options = loopback_options(free_udp_port())
+    listen = [sys.executable, "-m", "trio_p2p", "listen", "--json"]
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            nodes = {}
+            for name in ("Ann", "Ben"):
+                process = await nursery.start(
+                    functools.partial(
+                        trio.run_process,
+                        [*listen, name, *options],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        check=False,
+                    )
+                )
+                assert process.stdout is not None
+                nodes[name] = (process, JsonLines(process.stdout))
+            # each finds the other: two nodes, with their own ids and keys
+            found = await nodes["Ann"][1].next_of("peer_discovered")
+            assert found["peer"]["name"] == "Ben"
+            ben_id = found["peer"]["id"]
+            folder = pathlib.Path(os.environ["XDG_DATA_HOME"]) / "trio_p2p" / "identities"
+            keys = sorted(p.name for p in folder.glob("*.key"))
+            assert [k.split("-")[0] for k in keys] == ["Ann", "Ben"]
+            # a second Ben, on the same key file, is refused with a clear error
+            again = await run_tool("listen", "Ben", *options)
+            assert again.returncode == 1
+            assert b"is in use by another running node" in again.stderr
+            for process, _ in nodes.values():
+                process.terminate()
+        # Ben comes back with the same id; --ephemeral and --identity change it
+        listed = await run_tool(
+            "send", "Ben", "--to", "Nobody", "--text", "x", "--timeout", "1", *options
+        )
+        assert listed.returncode == 1  # (nobody there: it only had to start)
+        own = tmp_path / "own.key"
+        for extra, same in ((), True), (("--ephemeral",), False), (("--identity", str(own)), False):
+            async with trio.open_nursery() as nursery:
+                process = await nursery.start(
+                    functools.partial(
+                        trio.run_process,
+                        [*listen, "Ben", *options, *extra],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        check=False,
+                    )
+                )
+                assert process.stdout is not None
+                probe = await run_tool("peers", "--json", "--timeout", "1", *options)
+                ids = {json.loads(line)["id"] for line in probe.stdout.decode().splitlines()}
+                assert (ben_id in ids) is same, (extra, ids)
+                assert len(ids) == 1
+                process.terminate()
+        assert stat.S_IMODE(own.stat().st_mode) == 0o600
 
 
 async def test_send_to_a_missing_peer_exits_1_within_its_timeout() -> None:

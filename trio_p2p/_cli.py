@@ -28,6 +28,7 @@ from . import (
     Config,
     FileTransferCompleted,
     FileTransferProgress,
+    IdentityError,
     MessageReceived,
     Messenger,
     PeerConnected,
@@ -221,7 +222,7 @@ def _digest(path: pathlib.Path) -> str:
 
 #: The scripting commands; any other first word is the menu's NAME.
 COMMANDS = ("demo", "listen", "send", "peers")
-_TAKE_VALUES = ("--port", "--discovery-port", "--broadcast", "--download-dir")
+_TAKE_VALUES = ("--port", "--discovery-port", "--broadcast", "--download-dir", "--identity")
 
 
 def _first_word(argv: Sequence[str]) -> str | None:
@@ -316,6 +317,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return trio.run(run[args.command], args)
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError) as exc:  # a port in use, a bad name or address...
+    except (OSError, ValueError, IdentityError) as exc:  # a bad name, address, key file...
         print(f"trio_p2p: {exc}", file=sys.stderr)
         return 1

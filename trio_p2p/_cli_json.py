@@ -66,6 +66,8 @@ def _peer(peer: PeerInfo) -> dict[str, Any]:
         "name": peer.name,
         "address": peer.address,
         "port": peer.port,
+        "fingerprint": peer.fingerprint,
+        "new_key": peer.new_key,
     }
 
 
@@ -176,7 +178,10 @@ def _sentence(event: Event) -> str:
             return f"lost {p.name} ({p.id})"
         case PeerConnected(peer=p, resumed=carried_on):
             again = ", the session carries on" if carried_on else ""
-            return f"connected to {p.name} ({p.id}) at {p.address}:{p.port}{again}"
+            key = f", fingerprint {p.fingerprint}" if p.fingerprint else ""
+            if p.new_key:
+                key += f" (NEW KEY: {p.name} was known with another; compare fingerprints)"
+            return f"connected to {p.name} ({p.id}) at {p.address}:{p.port}{again}{key}"
         case PeerDisconnected(peer=p, reason=reason, resuming=resuming):
             waiting = " (waiting for it to come back)" if resuming else ""
             return f"disconnected from {p.name}: {reason}{waiting}"

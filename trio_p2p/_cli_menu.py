@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 
+import attrs
 import ifaddr
 import rich.filesize
 import rich.progress_bar
@@ -34,6 +35,7 @@ from . import (
     FileTransferFailed,
     FileTransferProgress,
     FileTransferStarted,
+    IdentityError,
     Messenger,
     PeerConnected,
     PeerDiscovered,
@@ -44,7 +46,7 @@ from . import (
     open_messenger,
 )
 from ._cli_json import describe_event, printable
-from ._cli_script import config_from
+from ._cli_script import config_from, identity_for
 from ._cli_term import Terminal, open_terminal
 
 __all__ = ["HELP", "choose_peer", "menu"]
@@ -186,7 +188,8 @@ class Menu:
         m = self.messenger
         self.say(
             f"{m.peer_name} ({m.peer_id}) on TCP port {m.tcp_port}, discovery port "
-            f"{self.args.discovery_port}. Type h for help."
+            f"{self.args.discovery_port}; fingerprint {m.identity.fingerprint}. "
+            "Type h for help."
         )
         while True:
             if self.offers:
@@ -285,15 +288,20 @@ class Menu:
     # ------------------------------------------------------------ peers
 
     def _table(self, peers: Sequence[PeerInfo]) -> None:
-        connected = {p.id for p in self.messenger.connected_peers()}
-        table = rich.table.Table("#", "name", "id", "address", "connected")
+        connected = {p.id: p for p in self.messenger.connected_peers()}
+        table = rich.table.Table("#", "name", "id", "address", "connected", "fingerprint")
         for number, peer in enumerate(peers, 1):
+            live = connected.get(peer.id)
+            key = live.fingerprint if live is not None and live.fingerprint else ""
+            if live is not None and live.new_key:
+                key += " NEW KEY!"
             table.add_row(
                 str(number),
                 rich.text.Text(printable(peer.name)),
                 str(peer.id),
                 f"{peer.address}:{peer.port}",
                 "yes" if peer.id in connected else "",
+                key,
             )
         self.say("\n".join(self.terminal.render(table)))
 
@@ -430,6 +438,8 @@ class Menu:
         rows = [
             ("name", m.peer_name),
             ("id", str(m.peer_id)),
+            ("fingerprint", m.identity.fingerprint),
+            ("identity", str(m.identity.path) if m.identity.path else "ephemeral (this run only)"),
             ("TCP port", str(m.tcp_port)),
             ("discovery port", str(self.args.discovery_port)),
             ("beacons go to", ", ".join(m.broadcast_targets) or "nowhere"),
@@ -479,6 +489,7 @@ async def _ask_name(terminal: Terminal) -> str:
 async def menu(args: argparse.Namespace) -> int:
     """Run the interactive menu until the person quits."""
     config = config_from(args)  # bad options fail before the terminal changes
+    refused: IdentityError | None = None
     async with open_terminal() as terminal:
         handler = _TerminalLog(terminal)
         handler.setFormatter(PrintableFormatter("%(name)s %(levelname)s %(message)s"))
@@ -493,22 +504,29 @@ async def menu(args: argparse.Namespace) -> int:
                 name = args.name or await _ask_name(terminal)
             except EOFError:
                 return 0
-            async with open_messenger(name, config) as messenger:
-                async with trio.open_nursery() as nursery:
-                    ui = Menu(messenger, terminal, args, nursery)
-                    nursery.start_soon(ui.watch)
-                    nursery.start_soon(_quit_on_interrupt, nursery.cancel_scope)
-                    with contextlib.suppress(EOFError):  # Ctrl-D, or the end of the input
-                        await ui.run()
-                    nursery.cancel_scope.cancel()
-                terminal.set_status([])
-                terminal.print("saying goodbye...")
-            terminal.print(f"{name} left the network")
+            try:
+                config = attrs.evolve(config, identity=identity_for(args, name))
+                async with open_messenger(name, config) as messenger:
+                    async with trio.open_nursery() as nursery:
+                        ui = Menu(messenger, terminal, args, nursery)
+                        nursery.start_soon(ui.watch)
+                        nursery.start_soon(_quit_on_interrupt, nursery.cancel_scope)
+                        with contextlib.suppress(EOFError):  # Ctrl-D, or the end of the input
+                            await ui.run()
+                        nursery.cancel_scope.cancel()
+                    terminal.set_status([])
+                    terminal.print("saying goodbye...")
+                terminal.print(f"{name} left the network")
+            except IdentityError as exc:  # its file is in use by another node, or unusable
+                refused = exc
         finally:
             if moved:
                 root.removeHandler(handler)
                 for old in moved:
                     root.addHandler(old)
+    if refused is not None:
+        print(f"trio_p2p: {refused}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,11 +7,14 @@ exits 0, or prints why not on stderr and exits 1.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pathlib
+import re
 import sys
 import uuid
 
+import platformdirs
 import rich.console
 import rich.table
 import rich.text
@@ -20,6 +23,7 @@ import trio
 from . import (
     Config,
     FileTransferProgress,
+    Identity,
     Messenger,
     PeerDiscovered,
     PeerInfo,
@@ -29,7 +33,15 @@ from . import (
 )
 from ._cli_json import describe_event, event_to_line, printable
 
-__all__ = ["add_common_options", "config_from", "listen", "peers", "send"]
+__all__ = [
+    "add_common_options",
+    "config_from",
+    "default_identity_path",
+    "identity_for",
+    "listen",
+    "peers",
+    "send",
+]
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -53,10 +65,51 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-auto-accept", action="store_true", help="do not accept file offers by themselves"
     )
+    keys = parser.add_mutually_exclusive_group()
+    keys.add_argument(
+        "--identity",
+        type=pathlib.Path,
+        metavar="PATH",
+        help="keep this node's key in PATH (created if missing; default: one per NAME in "
+        "the user's data folder, so the id stays the same across runs)",
+    )
+    keys.add_argument(
+        "--ephemeral",
+        action="store_true",
+        help="a fresh key for this run only (a new id; nothing written)",
+    )
 
 
-def config_from(args: argparse.Namespace) -> Config:
-    """The messenger settings the options ask for."""
+def default_identity_path(name: str) -> pathlib.Path:
+    """Where the CLI keeps the key of the node called *name*.
+
+    In the user's data folder (``platformdirs``: ``~/.local/share/trio_p2p`` on
+    Linux), one file per name: a safe form of the name plus a hash of it, so
+    that two names never share a file.
+    """
+    folder = platformdirs.user_data_path("trio_p2p", appauthor=False) / "identities"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:48] or "node"
+    return folder / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}.key"
+
+
+def identity_for(args: argparse.Namespace, name: str | None) -> Identity | None:
+    """The identity the options ask for: a file, a fresh key (None), or NAME's own."""
+    if args.ephemeral:
+        return None
+    if args.identity is not None:
+        return Identity.load_or_create(args.identity.expanduser())
+    if name is None:
+        return None
+    return Identity.load_or_create(default_identity_path(name))
+
+
+def config_from(args: argparse.Namespace, name: str | None = None) -> Config:
+    """The messenger settings the options ask for (with *name*'s identity, if given).
+
+    Raises:
+        IdentityError: the identity file is unusable.
+        OSError: it cannot be read or written.
+    """
     settings: dict[str, object] = {
         "tcp_port": args.port,
         "discovery_port": args.discovery_port,
@@ -66,6 +119,8 @@ def config_from(args: argparse.Namespace) -> Config:
         settings["broadcast_addresses"] = tuple(args.broadcast)
     if args.download_dir is not None:
         settings["download_dir"] = args.download_dir
+    if name is not None:
+        settings["identity"] = identity_for(args, name)
     return Config(**settings)  # type: ignore[arg-type]
 
 
@@ -76,11 +131,11 @@ def _fail(message: str) -> int:
 
 async def listen(args: argparse.Namespace) -> int:
     """Print every event as it comes (one JSON object a line with ``--json``)."""
-    async with open_messenger(args.name, config_from(args)) as messenger:
+    async with open_messenger(args.name, config_from(args, args.name)) as messenger:
         if not args.json:
             print(
                 f"{messenger.peer_name} ({messenger.peer_id}) listening on TCP port "
-                f"{messenger.tcp_port}",
+                f"{messenger.tcp_port}; fingerprint {messenger.identity.fingerprint}",
                 flush=True,
             )
         async for event in messenger.events:
@@ -112,7 +167,7 @@ async def find_peer(messenger: Messenger, wanted: str) -> PeerInfo | None:
 
 async def send(args: argparse.Namespace) -> int:
     """Find a peer, connect, send a text or a file, wait for it to arrive."""
-    async with open_messenger(args.name, config_from(args)) as messenger:
+    async with open_messenger(args.name, config_from(args, args.name)) as messenger:
         peer = None
         with trio.move_on_after(args.timeout):
             peer = await find_peer(messenger, args.to)
@@ -145,7 +200,7 @@ async def peers(args: argparse.Namespace) -> int:
     """List the nodes that answer discovery within the timeout."""
     name = args.name or f"peers-{uuid.uuid4().hex[:6]}"
     found: dict[uuid.UUID, PeerInfo] = {}
-    async with open_messenger(name, config_from(args)) as messenger:
+    async with open_messenger(name, config_from(args, args.name)) as messenger:
         with trio.move_on_after(args.timeout):
             for peer in await messenger.discover_peers():
                 found[peer.id] = peer
