@@ -28,7 +28,7 @@ Commands (``"id"`` is echoed in the reply):
     wait until every message to the peer is acknowledged
 ``{"cmd": "disconnect", "peer": ID}``
     disconnect from the peer
-``{"cmd": "known", "peer": ID}``
+``{"cmd": "known", "peer": ID}`` (whether discovery knows it, and at which address)
     whether the peer is in its table of discovered peers
 ``{"cmd": "file", "peer": ID, "path": PATH}``
     send a file; replies once the receiver verified it
@@ -184,7 +184,8 @@ class Agent:
             await m.disconnect_peer(peer)
             return {}
         if kind == "known":
-            return {"known": peer in {p.id for p in m.discovered_peers()}}
+            found = {p.id: p for p in m.discovered_peers()}.get(peer)
+            return {"known": found is not None, "address": found and found.address}
         if kind == "file":
             transfer = await m.send_file(peer, command["path"])
             return {"size": transfer.size}

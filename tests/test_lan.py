@@ -24,6 +24,7 @@ import trio
 from .netlan import Agent, NetLan, require_netns
 
 FLOOD = Path(__file__).with_name("lan_flood.py")
+IMPOSTOR = Path(__file__).with_name("lan_impostor.py")
 
 #: the default announce interval (Config.announce_interval), seconds
 ANNOUNCE = 1.0
@@ -509,6 +510,56 @@ async def test_a_host_flooding_the_lan_harms_no_honest_host(tmp_path: Path) -> N
                     for s in stats
                 ],
             )
+
+
+@pytest.mark.usefixtures("netns")
+async def test_a_host_impersonating_another_changes_nothing(tmp_path: Path) -> None:
+    """A fourth host replays the victim's beacons (from its own address and, with a
+    forged source, from the victim's), broadcasts announces and goodbyes in the
+    victim's id signed with its own key, and dials every honest host claiming the
+    victim's id: everyone refuses it, the victim stays where it is, connected."""
+    with trio.fail_after(90):
+        async with lan_of(3, tmp_path, bare=1) as (lan, honest):
+            await mesh(honest)
+            victim, others = honest[0], honest[1:]
+            marks = [len(agent.events) for agent in honest]
+            argv = lan.command(
+                3,
+                sys.executable,
+                str(IMPOSTOR),
+                "6",
+                victim.node_id,
+                lan.addresses[0],
+                *lan.addresses[1:3],
+            )
+            impostor = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
+            assert impostor.stdout is not None
+            output = b""
+            while chunk := await impostor.stdout.receive_some(4096):
+                output += chunk
+            assert await impostor.wait() == 0
+            report = json.loads(output)
+            counts = report["counts"]
+            assert counts["captured"] > 0
+            assert all(count > 0 for count in counts.values()), counts
+            for address in lan.addresses[1:3]:
+                assert "proved the key" in report["answers"][address], report
+            await everyone_sends(honest, "after ", 20)
+            await on_every_pair(honest, lambda a, o: a.command("flush", peer=o.node_id))
+            for agent, mark in zip(others, marks[1:], strict=True):
+                # the victim was never lost, disconnected or moved
+                news = [e for e in agent.events[mark:] if e.get("peer") == victim.node_id]
+                assert not [e for e in news if e["event"] in ("PeerLost", "PeerDisconnected")]
+                where = await agent.command("known", peer=victim.node_id)
+                assert (where["known"], where["address"]) == (True, lan.addresses[0])
+                stats = await agent.command("stats")
+                dropped = stats["datagrams_dropped"]
+                for cause in ("address_not_signed", "key_mismatch", "stale"):
+                    assert dropped.get(cause, 0) > 0, (cause, dropped, report)
+                assert stats["connections_refused"]["protocol"] >= 1
+                texts = agent.texts_from(victim.node_id)
+                assert texts[-20:] == [f"after {victim.name}>{agent.name} {i}" for i in range(20)]
+            print("impostor:", report)
 
 
 @pytest.mark.usefixtures("netns")
