@@ -253,6 +253,10 @@ class Handshake:
         )
 
 
+_pack_header = struct.Struct(">H").pack_into
+_pack_counter = struct.Struct(">Q").pack_into
+
+
 class Sealer:
     """Seals plaintext into records, numbering them (sans I/O).
 
@@ -260,14 +264,15 @@ class Sealer:
         key: the 32-byte AES-GCM key of this direction.
     """
 
-    __slots__ = ("_aead", "_buffer", "_nonce", "counter")
+    __slots__ = ("_buffer", "_encrypt_into", "_nonce", "_view", "counter")
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        self._encrypt_into = AESGCM(key).encrypt_into
         self._nonce = bytearray(12)
         #: the nonce of the next record
         self.counter = 0
-        self._buffer = bytearray()
+        self._buffer = bytearray(1024)
+        self._view = memoryview(self._buffer)
 
     @staticmethod
     def sealed_size(size: int) -> int:
@@ -280,26 +285,35 @@ class Sealer:
 
         The returned view stays valid until the next call of :meth:`seal`.
         """
-        view = memoryview(data)
-        size = len(view)
-        total = self.sealed_size(size)
+        size = len(data)
+        if not size:
+            return self._view[:0]
+        total = size + RECORD_HEADER + TAG_SIZE
+        if size > MAX_RECORD_PLAINTEXT:
+            total = self.sealed_size(size)
         if len(self._buffer) < total:
-            self._buffer = bytearray(total)
-        out = memoryview(self._buffer)
+            self._buffer = bytearray(max(total, 2 * len(self._buffer)))
+            self._view = memoryview(self._buffer)
+        out = self._view
         nonce = self._nonce
-        encrypt_into = self._aead.encrypt_into
+        encrypt_into = self._encrypt_into
+        if size <= MAX_RECORD_PLAINTEXT:  # one record (every small write)
+            _pack_header(out, 0, size + TAG_SIZE)
+            _pack_counter(nonce, 4, self.counter)
+            self.counter += 1
+            encrypt_into(nonce, data, None, out[RECORD_HEADER:total])
+            return out[:total]
+        view = memoryview(data)
         position = 0
-        start = 0
-        while start < size:
+        for start in range(0, size, MAX_RECORD_PLAINTEXT):
             piece = view[start : start + MAX_RECORD_PLAINTEXT]
             length = len(piece) + TAG_SIZE
-            struct.pack_into(">H", out, position, length)
-            struct.pack_into(">Q", nonce, 4, self.counter)
+            _pack_header(out, position, length)
+            _pack_counter(nonce, 4, self.counter)
             self.counter += 1
             end = position + RECORD_HEADER + length
             encrypt_into(nonce, piece, None, out[position + RECORD_HEADER : end])
             position = end
-            start += MAX_RECORD_PLAINTEXT
         return out[:position]
 
 
@@ -310,10 +324,10 @@ class Opener:
         key: the 32-byte AES-GCM key of this direction.
     """
 
-    __slots__ = ("_aead", "_nonce", "counter")
+    __slots__ = ("_decrypt_into", "_nonce", "counter")
 
     def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+        self._decrypt_into = AESGCM(key).decrypt_into
         self._nonce = bytearray(12)
         #: the nonce of the next record
         self.counter = 0
@@ -344,9 +358,9 @@ class Opener:
         """
         size = len(record) - RECORD_HEADER - TAG_SIZE
         nonce = self._nonce
-        struct.pack_into(">Q", nonce, 4, self.counter)
+        _pack_counter(nonce, 4, self.counter)
         try:
-            self._aead.decrypt_into(nonce, record[RECORD_HEADER:], None, out[:size])
+            self._decrypt_into(nonce, record[RECORD_HEADER:], None, out[:size])
         except InvalidTag:
             raise ProtocolError(f"record {self.counter} failed authentication") from None
         self.counter += 1

@@ -328,15 +328,20 @@ class SecureStream(trio.abc.Stream):
             self._left_start += placed
             if placed == len(room):
                 return placed
+        data = self._in
         view = self._in_view
         opener = self._opener
         start, end = self._start, self._end
-        while start < end:
-            size = opener.next_record(view[start:end])
-            if not size:
+        room_size = len(room)
+        while end - start >= RECORD_HEADER:
+            length = (data[start] << 8) | data[start + 1]
+            if length < TAG_SIZE:
+                raise ProtocolError(f"a record of {length} bytes cannot hold its tag")
+            size = RECORD_HEADER + length
+            if end - start < size:
                 break
-            plain = size - RECORD_HEADER - TAG_SIZE
-            if plain <= len(room) - placed:
+            plain = length - TAG_SIZE
+            if plain <= room_size - placed:
                 placed += opener.open_into(view[start : start + size], room[placed:])
                 start += size
             elif placed:
@@ -390,7 +395,9 @@ class SecureStream(trio.abc.Stream):
             BlockingIOError: no whole record is there yet.
             ProtocolError: a record failed authentication or is malformed.
         """
-        placed = self._open_buffered(buffer)
+        placed = 0
+        if self._start != self._end or self._left_start != self._left_end:
+            placed = self._open_buffered(buffer)
         while not placed:
             room = self._room_to_receive()
             count = self._io.receive_nowait(room)
@@ -407,10 +414,12 @@ class SecureStream(trio.abc.Stream):
             ProtocolError: a record failed authentication or is malformed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        placed = self._open_buffered(buffer)
-        if placed:
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return placed
+        placed = 0
+        if self._start != self._end or self._left_start != self._left_end:
+            placed = self._open_buffered(buffer)
+            if placed:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return placed
         while not placed:
             room = self._room_to_receive()
             count = await self._io.receive_into(room)
