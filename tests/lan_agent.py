@@ -10,8 +10,10 @@ address of every interface ifaddr finds), using only the public API, and:
 
     python lan_agent.py NAME DOWNLOAD_DIR [SETTING=VALUE ...]
 
-Settings after the folder override Config fields (numbers), for the tests that
-must not wait for a default: ``resume_timeout=3``. The setting ``quiet=1`` is
+Settings after the folder override Config fields, for the tests that must not
+wait for a default or need another policy: ``resume_timeout=3``,
+``trust=known``, ``network_key=TEXT``; ``identity=PATH`` keeps the node's key
+in PATH (the same id across runs). The setting ``quiet=1`` is
 the agent's own: it does not write MessageReceived events, only counts them
 and their latency (see ``latency``), for long runs at a high rate.
 
@@ -69,6 +71,8 @@ def _describe(event: trio_p2p.Event) -> dict[str, Any]:
         out["text"] = content.text if isinstance(content, trio_p2p.Text) else None
     elif isinstance(event, trio_p2p.PeerConnected):
         out["resumed"] = event.resumed
+        out["fingerprint"] = event.peer.fingerprint
+        out["new_key"] = event.peer.new_key
     elif isinstance(event, trio_p2p.PeerDisconnected):
         out["reason"] = event.reason
         out["resuming"] = event.resuming
@@ -214,7 +218,13 @@ async def main(name: str, download_dir: str, *settings: str) -> None:
     changes: dict[str, Any] = {}
     for setting in settings:
         key, value = setting.split("=", 1)
-        changes[key] = float(value)
+        if key == "identity":  # a key file (kept across runs of the agent)
+            changes[key] = trio_p2p.Identity.load_or_create(value)
+        else:
+            try:
+                changes[key] = float(value)
+            except ValueError:  # text settings: trust=known, network_key=...
+                changes[key] = value
     quiet = bool(changes.pop("quiet", 0))
     config = trio_p2p.Config(download_dir=pathlib.Path(download_dir), **changes)
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())

@@ -562,6 +562,89 @@ async def test_a_host_impersonating_another_changes_nothing(tmp_path: Path) -> N
             print("impostor:", report)
 
 
+CLIENT = """
+import socket, sys, time
+plaintext = sys.argv[2] == "plaintext"
+with socket.create_connection((sys.argv[1], 6969), timeout=20) as sock:
+    if plaintext:  # the start of a plaintext hello
+        sock.sendall(bytes([0, 0, 0, 60, 0xA8]) + b"x" * 20)
+    start = time.monotonic()
+    reply = b""
+    while chunk := sock.recv(4096):
+        reply += chunk
+    print(round(time.monotonic() - start, 1), reply[:200])
+"""
+
+
+@pytest.mark.usefixtures("netns")
+async def test_keys_and_trust_decide_who_connects(tmp_path: Path) -> None:
+    """On the LAN: a network key keeps out nodes without it or with another;
+    trust=known refuses unknown keys both ways; a known name coming back with a
+    new key is flagged; a plaintext client and a stalled handshake are dropped
+    within the handshake timeout, and counted."""
+    with trio.fail_after(150), NetLan(5) as lan:
+        async with trio.open_nursery() as nursery:
+            started: list[Agent] = []
+
+            async def agent(index: int, name: str, *settings: str) -> Agent:
+                folder = tmp_path / f"host{index}-{name}-{len(started)}"
+                folder.mkdir()
+                new = await Agent.start(nursery, lan, index, name, folder, *settings)
+                started.append(new)
+                return new
+
+            try:
+                alpha = await agent(0, "alpha", "network_key=alpha")
+                alpha_too = await agent(1, "alpha-too", "network_key=alpha")
+                beta = await agent(2, "beta", "network_key=beta")
+                strict = await agent(3, "strict", "trust=known")
+                carol = await agent(4, "carol")
+                for other in (alpha_too, beta, strict):
+                    await alpha.wait_event(event_is("PeerDiscovered", other.node_id), within=10)
+                await strict.wait_event(event_is("PeerDiscovered", carol.node_id), within=10)
+                await carol.wait_event(event_is("PeerDiscovered", strict.node_id), within=10)
+                await alpha.command("connect", peer=alpha_too.node_id)
+                with pytest.raises(AssertionError, match="same network key"):
+                    await alpha.command("connect", peer=beta.node_id)
+                with pytest.raises(AssertionError, match="has no network key"):
+                    await alpha.command("connect", peer=strict.node_id)
+                with pytest.raises(AssertionError, match="known peers only"):
+                    await strict.command("connect", peer=carol.node_id)
+                with pytest.raises(AssertionError, match="known peers only"):
+                    await carol.command("connect", peer=strict.node_id)
+                refused = (await strict.command("stats"))["connections_refused"]
+                assert refused["unknown_peer"] == 2
+                # a plaintext client and a stalled handshake, from the fifth host
+                await beta.stop()
+                for mode, within in (("plaintext", 2.0), ("stall", 7.0)):
+                    argv = lan.command(2, sys.executable, "-c", CLIENT, lan.addresses[4], mode)
+                    done = await trio.run_process(argv, capture_stdout=True)
+                    seconds = float(done.stdout.split()[0])
+                    assert seconds < within, (mode, done.stdout)
+                    if mode == "plaintext":
+                        assert b"accepts encrypted connections only" in done.stdout
+                refused = (await carol.command("stats"))["connections_refused"]
+                assert refused["plaintext"] == 1
+                assert refused["handshake_timeout"] == 1
+                # "dave" meets carol, then comes back with another key: flagged
+                for again in (False, True):
+                    dave = await agent(2, "dave")
+                    await dave.wait_event(event_is("PeerDiscovered", carol.node_id), within=10)
+                    mark = len(carol.events)
+                    await dave.command("connect", peer=carol.node_id)
+                    met = await carol.wait_event(
+                        event_is("PeerConnected", dave.node_id), within=10, start=mark
+                    )
+                    assert met["new_key"] is again
+                    assert met["fingerprint"]
+                    await dave.stop()
+            finally:
+                with trio.CancelScope(shield=True):
+                    for each in started:
+                        await each.stop()
+                nursery.cancel_scope.cancel()
+
+
 @pytest.mark.usefixtures("netns")
 async def test_a_host_that_comes_back_at_a_new_address_resumes_there(tmp_path: Path) -> None:
     """Host 1's link goes down and comes back with another address: discovery

@@ -910,14 +910,17 @@ class Messenger:
                 await send_frame(channel, self._local.hello(offered.session if offered else None))
                 try:
                     hello, pending = await receive_hello(channel, decoder)
-                except HandshakeError as exc:
-                    if exc.code is None and self.config.network_key is not None:
-                        # A peer with another key fails the handshake's last
-                        # message, and can only close the connection.
-                        raise HandshakeError(
-                            f"{exc} (does the peer use the same network key?)"
-                        ) from exc
-                    raise
+                except (HandshakeError, OSError) as exc:
+                    if isinstance(exc, HandshakeError) and exc.code is not None:
+                        raise  # refused, with a reason
+                    # A peer with another network key fails the handshake's last
+                    # message, and can only close (or reset) the connection.
+                    hint = ""
+                    if self.config.network_key is not None:
+                        hint = " (does the peer use the same network key?)"
+                    raise HandshakeError(
+                        f"{host}:{port} closed the connection during the handshake{hint}"
+                    ) from exc
             if scope.cancelled_caught:
                 raise HandshakeError(f"no answer from {host}:{port} within {timeout:g} s")
             address = stream.socket.getpeername()[0]
@@ -952,7 +955,7 @@ class Messenger:
             await trio.aclose_forcefully(stream)
             if isinstance(exc, ProtocolError):
                 raise HandshakeError(f"{host}:{port} broke the handshake: {exc}") from exc
-            if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError):
+            if isinstance(exc, trio.BrokenResourceError | trio.ClosedResourceError | OSError):
                 raise HandshakeError(f"{host}:{port} closed the connection: {exc}") from exc
             raise
         if winner is not None:
