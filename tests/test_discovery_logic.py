@@ -286,6 +286,7 @@ async def test_forged_moved_and_replayed_beacons_are_dropped() -> None:
         discovery.handle_datagram(bytes(tampered), "10.1.0.7")
         assert drops["bad_signature"] == 1
         assert len(notes) == 1  # nothing changed: Bob is where he was
+        assert notes[0].peer.fingerprint == bob.fingerprint  # type: ignore[attr-defined]
         peer = discovery.table.get(bob.peer_id)
         assert peer is not None
         assert (peer.address, peer.port) == ("10.1.0.7", 7001)

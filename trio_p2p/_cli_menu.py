@@ -292,7 +292,7 @@ class Menu:
         table = rich.table.Table("#", "name", "id", "address", "connected", "fingerprint")
         for number, peer in enumerate(peers, 1):
             live = connected.get(peer.id)
-            key = live.fingerprint if live is not None and live.fingerprint else ""
+            key = (live or peer).fingerprint or ""
             if live is not None and live.new_key:
                 key += " NEW KEY!"
             table.add_row(

@@ -32,6 +32,7 @@ from ._config import Config
 from ._errors import ProtocolError
 from ._events import PeerDiscovered, PeerInfo, PeerLost
 from ._identity import Identity
+from ._identity import fingerprint as key_fingerprint
 from ._log import RateLimitedWarnings, get_logger
 from ._messages import Beacon, BeaconKind
 from ._netif import broadcast_addresses, source_addresses
@@ -149,11 +150,20 @@ class PeerTable:
         return peer
 
     def observe(
-        self, node_id: uuid.UUID, name: str, address: str, port: int, now: float
+        self,
+        node_id: uuid.UUID,
+        name: str,
+        address: str,
+        port: int,
+        now: float,
+        fingerprint: str | None = None,
     ) -> Observation:
-        """Record an announcement heard from *address*."""
+        """Record an announcement heard from *address* (signed by a key of *fingerprint*)."""
         old = self._peers.get(node_id)
-        peer = PeerInfo(id=node_id, name=name, address=address, port=port, last_seen=now)
+        peer = PeerInfo(
+            id=node_id, name=name, address=address, port=port, last_seen=now,
+            fingerprint=fingerprint,
+        )  # fmt: skip
         if old is not None and old.address != address and now - old.last_seen < self.move_after:
             return Observation(None, dropped="address_conflict")
         evicted = None
@@ -437,7 +447,12 @@ class Discovery:
 
     def _observe(self, beacon: Beacon, address: str) -> None:
         seen = self.table.observe(
-            beacon.node_id, beacon.name, address, beacon.port, trio.current_time()
+            beacon.node_id,
+            beacon.name,
+            address,
+            beacon.port,
+            trio.current_time(),
+            key_fingerprint(beacon.key),
         )
         if seen.dropped is not None:
             self._drops[seen.dropped] += 1

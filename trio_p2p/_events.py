@@ -47,9 +47,10 @@ class PeerInfo:
         port: the TCP port it listens on.
         last_seen: when it was last heard, on the Trio clock
             (:func:`trio.current_time`).
-        fingerprint: the fingerprint of the key the peer proved in the
-            handshake (see :attr:`Identity.fingerprint`), for a connected peer;
-            None for a peer only discovered, or connected in plaintext mode.
+        fingerprint: the fingerprint of the peer's key (see
+            :attr:`Identity.fingerprint`): the key that signed its beacons for
+            a discovered peer, the key it proved in the handshake for a
+            connected one (None in plaintext mode).
         new_key: True for a connected peer whose name this node knew with
             another id (another key): an impostor, or the same node with a new
             key (an ephemeral identity is new on every run). Compare
