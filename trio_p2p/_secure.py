@@ -49,6 +49,8 @@ SEND_SEGMENT = 4 * MAX_RECORD_PLAINTEXT
 #: a read fills it (bulk data) or a record does not fit.
 INITIAL_RECEIVE_BUFFER = 16 * 1024
 RECEIVE_BUFFER = 1024 * 1024 + MAX_RECORD
+#: Ciphertext read at most at once: opened while it is still in the cache.
+RAW_READ = 256 * 1024
 
 
 class RawIO(Protocol):
@@ -369,7 +371,7 @@ class SecureStream(trio.abc.Stream):
             self._start, self._end = 0, kept
             if kept == size:  # a record larger than the buffer
                 self._grow()
-        return self._in_view[self._end :]
+        return self._in_view[self._end : self._end + RAW_READ]
 
     def _received(self, count: int, room: int) -> None:
         self._end += count
@@ -384,6 +386,24 @@ class SecureStream(trio.abc.Stream):
         grown[:kept] = self._in_view[self._start : self._end]
         self._in, self._in_view = grown, memoryview(grown)
         self._start, self._end = 0, kept
+
+    def _fill(self, buffer: memoryview, placed: int) -> int:
+        """Add to the *placed* bytes of a large *buffer* what the socket has now.
+
+        Reads :data:`RAW_READ` at a time and opens each read at once, while it is
+        in the cache; stops when the socket has nothing more or the buffer is full.
+        """
+        while len(buffer) - placed >= MAX_RECORD_PLAINTEXT:
+            room = self._room_to_receive()
+            try:
+                count = self._io.receive_nowait(room)
+            except BlockingIOError:
+                break
+            if not count:
+                break  # (the end: the next call says so)
+            self._received(count, len(room))
+            placed += self._open_buffered(buffer[placed:])
+        return placed
 
     def receive_nowait(self, buffer: memoryview) -> int:
         """Receive plaintext into *buffer* without waiting.
@@ -405,6 +425,8 @@ class SecureStream(trio.abc.Stream):
                 return 0
             self._received(count, len(room))
             placed = self._open_buffered(buffer)
+        if len(buffer) > RAW_READ:
+            placed = self._fill(buffer, placed)
         return placed
 
     async def receive_into(self, buffer: memoryview) -> int:
@@ -427,6 +449,8 @@ class SecureStream(trio.abc.Stream):
                 return 0
             self._received(count, len(room))
             placed = self._open_buffered(buffer)
+        if len(buffer) > RAW_READ:
+            placed = self._fill(buffer, placed)
         return placed
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
