@@ -60,6 +60,15 @@ BOB_KEY = Identity._of(Ed25519PrivateKey.from_private_bytes(bytes(range(32, 64))
 TIMESTAMP = 1700000000.5
 TRANSFER = uuid.UUID(int=5)
 
+
+def signed_beacon(
+    kind: BeaconKind, key: Identity, name: str, port: int, counter: int, *addresses: bytes
+) -> Beacon:
+    """The beacon vectors: *key*'s node, signed by *key*."""
+    beacon = Beacon(kind, key.peer_id, name, port, counter=counter, addresses=addresses)
+    return sign_beacon(beacon, key)
+
+
 VALUES: dict[str, Frame | Beacon] = {
     "hello": Hello(
         version=1,
@@ -133,38 +142,20 @@ VALUES: dict[str, Frame | Beacon] = {
     "file-verdict": FileVerdict(TRANSFER, verified=True, reason=""),
     "file-verdict-failed": FileVerdict(TRANSFER, verified=False, reason="corrupt"),
     "file-cancel": FileCancel(TRANSFER, "cancelled"),
-    "beacon-announce": sign_beacon(
-        Beacon(
-            BeaconKind.ANNOUNCE,
-            node_id=ALICE_KEY.peer_id,
-            name="Alice",
-            port=6969,
-            counter=1700000000500,
-            addresses=(bytes([192, 168, 1, 20]),),
-        ),
-        ALICE_KEY,
+    "beacon-announce": signed_beacon(
+        BeaconKind.ANNOUNCE, ALICE_KEY, "Alice", 6969, 1700000000500, bytes([192, 168, 1, 20])
     ),
-    "beacon-request": sign_beacon(
-        Beacon(
-            BeaconKind.REQUEST,
-            node_id=BOB_KEY.peer_id,
-            name="Bob",
-            port=40001,
-            counter=1700000000501,
-            addresses=(bytes([192, 168, 1, 21]), bytes([10, 0, 0, 5])),
-        ),
+    "beacon-request": signed_beacon(
+        BeaconKind.REQUEST,
         BOB_KEY,
+        "Bob",
+        40001,
+        1700000000501,
+        bytes([192, 168, 1, 21]),
+        bytes([10, 0, 0, 5]),
     ),
-    "beacon-goodbye": sign_beacon(
-        Beacon(
-            BeaconKind.GOODBYE,
-            node_id=ALICE_KEY.peer_id,
-            name="Alice",
-            port=6969,
-            counter=1700000000502,
-            addresses=(bytes([192, 168, 1, 20]),),
-        ),
-        ALICE_KEY,
+    "beacon-goodbye": signed_beacon(
+        BeaconKind.GOODBYE, ALICE_KEY, "Alice", 6969, 1700000000502, bytes([192, 168, 1, 20])
     ),
 }
 

@@ -387,12 +387,23 @@ class SecureStream(trio.abc.Stream):
         self._in, self._in_view = grown, memoryview(grown)
         self._start, self._end = 0, kept
 
+    def _buffered(self) -> bool:
+        return self._start != self._end or self._left_start != self._left_end
+
+    def _open_read(self, count: int, room: memoryview, buffer: memoryview) -> int:
+        """Take *count* bytes just read into *room*; open what is whole into *buffer*."""
+        self._received(count, len(room))
+        return self._open_buffered(buffer)
+
     def _fill(self, buffer: memoryview, placed: int) -> int:
         """Add to the *placed* bytes of a large *buffer* what the socket has now.
 
         Reads :data:`RAW_READ` at a time and opens each read at once, while it is
         in the cache; stops when the socket has nothing more or the buffer is full.
+        (Small buffers, those of messages, are returned as they are.)
         """
+        if len(buffer) <= RAW_READ:
+            return placed
         while len(buffer) - placed >= MAX_RECORD_PLAINTEXT:
             room = self._room_to_receive()
             try:
@@ -401,8 +412,7 @@ class SecureStream(trio.abc.Stream):
                 break
             if not count:
                 break  # (the end: the next call says so)
-            self._received(count, len(room))
-            placed += self._open_buffered(buffer[placed:])
+            placed += self._open_read(count, room, buffer[placed:])
         return placed
 
     def receive_nowait(self, buffer: memoryview) -> int:
@@ -415,19 +425,14 @@ class SecureStream(trio.abc.Stream):
             BlockingIOError: no whole record is there yet.
             ProtocolError: a record failed authentication or is malformed.
         """
-        placed = 0
-        if self._start != self._end or self._left_start != self._left_end:
-            placed = self._open_buffered(buffer)
+        placed = self._open_buffered(buffer) if self._buffered() else 0
         while not placed:
             room = self._room_to_receive()
             count = self._io.receive_nowait(room)
             if not count:
                 return 0
-            self._received(count, len(room))
-            placed = self._open_buffered(buffer)
-        if len(buffer) > RAW_READ:
-            placed = self._fill(buffer, placed)
-        return placed
+            placed = self._open_read(count, room, buffer)
+        return self._fill(buffer, placed)
 
     async def receive_into(self, buffer: memoryview) -> int:
         """Receive plaintext into *buffer*, waiting for a whole record (0 at the end).
@@ -436,22 +441,17 @@ class SecureStream(trio.abc.Stream):
             ProtocolError: a record failed authentication or is malformed.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        placed = 0
-        if self._start != self._end or self._left_start != self._left_end:
-            placed = self._open_buffered(buffer)
-            if placed:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                return placed
+        placed = self._open_buffered(buffer) if self._buffered() else 0
+        if placed:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return placed
         while not placed:
             room = self._room_to_receive()
             count = await self._io.receive_into(room)
             if not count:
                 return 0
-            self._received(count, len(room))
-            placed = self._open_buffered(buffer)
-        if len(buffer) > RAW_READ:
-            placed = self._fill(buffer, placed)
-        return placed
+            placed = self._open_read(count, room, buffer)
+        return self._fill(buffer, placed)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive plaintext (at most *max_bytes*); ``b""`` at the end of the stream."""
