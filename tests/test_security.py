@@ -15,6 +15,7 @@ from trio_p2p import (
     Identity,
     IdentityInUseError,
     PeerConnected,
+    PeerDisconnected,
     open_messenger,
 )
 from trio_p2p._trust import KnownPeer, KnownPeers
@@ -23,28 +24,52 @@ from .conftest import ConfigFactory
 from .helpers import texts, wait_for
 
 
+class Tamper:
+    """Where the proxy changes a byte of what the dialler sends (None: nowhere)."""
+
+    def __init__(self) -> None:
+        self.passed = 0  # bytes forwarded from the dialler so far
+        self.at: int | None = None
+
+
 async def recording_proxy(
-    target_port: int, seen: bytearray, *, task_status: trio.TaskStatus[int]
+    target_port: int,
+    seen: bytearray,
+    tamper: Tamper | None = None,
+    *,
+    task_status: trio.TaskStatus[int],
 ) -> None:
-    """Forward one connection to *target_port*, keeping every byte in *seen*."""
+    """Forward one connection to *target_port*, keeping every byte in *seen*.
+
+    With *tamper*, one byte of the dialler's stream (at ``tamper.at``) is changed.
+    """
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     try:
         task_status.started(listeners[0].socket.getsockname()[1])
         client = await listeners[0].accept()
         async with client, await trio.open_tcp_stream("127.0.0.1", target_port) as server:
 
-            async def pump(source: trio.SocketStream, sink: trio.SocketStream) -> None:
+            async def pump(
+                source: trio.SocketStream, sink: trio.SocketStream, change: Tamper | None
+            ) -> None:
                 try:
                     while data := await source.receive_some(65536):
                         seen.extend(data)
+                        if change is not None:
+                            at = change.at
+                            if at is not None and change.passed <= at < change.passed + len(data):
+                                changed = bytearray(data)
+                                changed[at - change.passed] ^= 0x40
+                                data = bytes(changed)
+                            change.passed += len(data)
                         await sink.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
                 await trio.aclose_forcefully(sink)
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(pump, client, server)
-                nursery.start_soon(pump, server, client)
+                nursery.start_soon(pump, client, server, tamper)
+                nursery.start_soon(pump, server, client, None)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
@@ -71,6 +96,32 @@ async def test_what_travels_is_encrypted(make_config: ConfigFactory, plaintext: 
             nursery.cancel_scope.cancel()
         assert (secret.encode() in seen) is plaintext
         assert (b"Alice" in seen) is plaintext  # the hello travels encrypted too
+
+
+@pytest.mark.parametrize("into", [2, 9, 20])
+async def test_a_changed_byte_on_the_wire_ends_the_connection_as_a_protocol_error(
+    make_config: ConfigFactory, into: int
+) -> None:
+    """A byte changed in a record (past its length) fails its authentication."""
+    with trio.fail_after(10):
+        seen, tamper = bytearray(), Tamper()
+        async with (
+            open_messenger("Alice", make_config()) as alice,
+            open_messenger("Bob", make_config()) as bob,
+            trio.open_nursery() as nursery,
+        ):
+            port = await nursery.start(recording_proxy, bob.tcp_port, seen, tamper)
+            await alice.connect_to_peer(("127.0.0.1", port))
+            await alice.send_text_message(bob.peer_id, "before")
+            assert await texts(bob, 1) == ["before"]
+            await alice.flush(bob.peer_id)  # (all Alice sent so far is through)
+            tamper.at = tamper.passed + into  # in the next record Alice sends
+            await alice.send_text_message(bob.peer_id, "x" * 50)
+            ended = await wait_for(bob, PeerDisconnected, peer=alice.peer_id)
+            assert "protocol error" in ended.reason
+            assert "failed authentication" in ended.reason
+            assert bob.statistics().connections_failed["protocol"] == 1
+            nursery.cancel_scope.cancel()
 
 
 async def test_connected_peers_carry_their_proven_fingerprint(make_config: ConfigFactory) -> None:

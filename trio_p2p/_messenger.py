@@ -778,6 +778,9 @@ class Messenger:
         self._handshaking[address] += 1
         try:
             conn = await self._accept_handshake(stream, address)
+        except BaseException:  # cancelled (shutdown) in the middle of the handshake
+            await trio.aclose_forcefully(stream)
+            raise
         finally:
             self._handshakes -= 1
             self._handshaking[address] -= 1
