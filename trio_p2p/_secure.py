@@ -49,7 +49,8 @@ SEND_SEGMENT = 4 * MAX_RECORD_PLAINTEXT
 #: a read fills it (bulk data) or a record does not fit.
 INITIAL_RECEIVE_BUFFER = 16 * 1024
 RECEIVE_BUFFER = 1024 * 1024 + MAX_RECORD
-#: Ciphertext read at most at once: opened while it is still in the cache.
+#: Ciphertext read at most at once: opened while it is still in the cache (a
+#: reader that asks for a whole file chunk gets it in a few calls).
 RAW_READ = 256 * 1024
 
 
@@ -395,26 +396,6 @@ class SecureStream(trio.abc.Stream):
         self._received(count, len(room))
         return self._open_buffered(buffer)
 
-    def _fill(self, buffer: memoryview, placed: int) -> int:
-        """Add to the *placed* bytes of a large *buffer* what the socket has now.
-
-        Reads :data:`RAW_READ` at a time and opens each read at once, while it is
-        in the cache; stops when the socket has nothing more or the buffer is full.
-        (Small buffers, those of messages, are returned as they are.)
-        """
-        if len(buffer) <= RAW_READ:
-            return placed
-        while len(buffer) - placed >= MAX_RECORD_PLAINTEXT:
-            room = self._room_to_receive()
-            try:
-                count = self._io.receive_nowait(room)
-            except BlockingIOError:
-                break
-            if not count:
-                break  # (the end: the next call says so)
-            placed += self._open_read(count, room, buffer[placed:])
-        return placed
-
     def receive_nowait(self, buffer: memoryview) -> int:
         """Receive plaintext into *buffer* without waiting.
 
@@ -432,7 +413,7 @@ class SecureStream(trio.abc.Stream):
             if not count:
                 return 0
             placed = self._open_read(count, room, buffer)
-        return self._fill(buffer, placed)
+        return placed
 
     async def receive_into(self, buffer: memoryview) -> int:
         """Receive plaintext into *buffer*, waiting for a whole record (0 at the end).
@@ -451,7 +432,7 @@ class SecureStream(trio.abc.Stream):
             if not count:
                 return 0
             placed = self._open_read(count, room, buffer)
-        return self._fill(buffer, placed)
+        return placed
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         """Receive plaintext (at most *max_bytes*); ``b""`` at the end of the stream."""
