@@ -7,6 +7,7 @@ drop (the kernel of the other side sees the end of the stream).
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import socket
@@ -328,3 +329,37 @@ async def test_saved_transfers_are_remembered_for_a_while_and_a_bounded_number(
             files._remember_completed(uuid.uuid4(), peer, b"d" * 32)
             assert len(files._completed) == 1  # the expired ones went
             nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_attempt_to_reach_a_peer_is_tried_again_a_refusal_is_not(
+    make_config: ConfigFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lossy link can fail a connection attempt (EHOSTUNREACH): connect_to_peer
+    tries again within the handshake timeout; a refused one fails at once."""
+    from trio_p2p import _messenger
+
+    real = trio.open_tcp_stream
+    failures = [OSError(errno.EHOSTUNREACH, "No route to host")] * 2
+
+    async def flaky(host: str, port: int) -> trio.SocketStream:
+        if failures:
+            raise failures.pop()
+        return await real(host, port)
+
+    monkeypatch.setattr(trio, "open_tcp_stream", flaky)
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config()) as alice,
+            open_messenger("Bob", make_config()) as bob,
+        ):
+            start = trio.current_time()
+            peer = await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+            assert peer.id == bob.peer_id
+            assert trio.current_time() - start >= 2 * _messenger.RECONNECT_PAUSE
+            with socket.socket() as unused:
+                unused.bind(("127.0.0.1", 0))
+                closed = unused.getsockname()[1]
+            start = trio.current_time()
+            with pytest.raises(OSError, match="all attempts"):
+                await alice.connect_to_peer(("127.0.0.1", closed))
+            assert trio.current_time() - start < 0.5

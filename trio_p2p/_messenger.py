@@ -213,6 +213,35 @@ async def _open_listener(config: Config) -> trio.SocketListener:
     raise AssertionError("unreachable: port 0 never reports EADDRINUSE")
 
 
+#: Pause between two attempts to reach an address that did not answer.
+RECONNECT_PAUSE = 0.25
+
+
+async def _connect(host: str, port: int, failures: list[OSError]) -> trio.SocketStream:
+    """A TCP connection to *host*:*port*, trying again until cancelled.
+
+    A lossy link can fail an attempt (the address does not resolve to a
+    hardware address in time: EHOSTUNREACH): such failures are appended to
+    *failures* and tried again every ``RECONNECT_PAUSE`` seconds (bound it with
+    a cancel scope). A refusal (nothing listens there) and a name that does not
+    resolve are not: they are raised at once.
+
+    Raises:
+        OSError: the connection was refused, or the name is unknown.
+    """
+    while True:
+        try:
+            return await trio.open_tcp_stream(host, port)
+        except socket.gaierror:
+            raise
+        except OSError as exc:
+            if _refused(exc):
+                raise
+            failures.append(exc)
+            logger.debug("connecting to %s:%d failed (%s); trying again", host, port, exc)
+        await trio.sleep(RECONNECT_PAUSE)
+
+
 def _refused(exc: BaseException) -> bool:
     """Whether *exc* is a connection refused (nothing listens), however wrapped."""
     if isinstance(exc, ConnectionRefusedError):
@@ -900,10 +929,12 @@ class Messenger:
         task_status: trio.TaskStatus[PeerConnection] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         timeout = self.config.handshake_timeout
+        failures: list[OSError] = []
         with trio.move_on_after(timeout) as scope:
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await _connect(host, port, failures)
         if scope.cancelled_caught:
-            raise HandshakeError(f"connecting to {host}:{port} timed out after {timeout:g} s")
+            last = f" (last attempt: {failures[-1]})" if failures else ""
+            raise HandshakeError(f"connecting to {host}:{port} timed out after {timeout:g} s{last}")
         offered = None if expected is None else self._parked.get(expected)
         channel: trio.abc.Stream = stream
         try:
