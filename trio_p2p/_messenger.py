@@ -242,6 +242,14 @@ async def _connect(host: str, port: int, failures: list[OSError]) -> trio.Socket
         await trio.sleep(RECONNECT_PAUSE)
 
 
+def _check_claim(hello: Hello, proof: PeerProof | None) -> None:
+    """Raise ProtocolError unless *hello* claims the id of the key the peer proved."""
+    if proof is not None and hello.node_id != proof.peer_id:
+        raise ProtocolError(
+            f"the hello claims id {hello.node_id}, but the peer proved the key of {proof.peer_id}"
+        )
+
+
 def _refused(exc: BaseException) -> bool:
     """Whether *exc* is a connection refused (nothing listens), however wrapped."""
     if isinstance(exc, ConnectionRefusedError):
@@ -854,11 +862,7 @@ class Messenger:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
                 channel, proof = await self._secure(stream, dialer=False)
                 hello, pending = await receive_hello(channel, decoder)
-                if proof is not None and hello.node_id != proof.peer_id:
-                    raise ProtocolError(
-                        f"the hello claims id {hello.node_id}, but the peer proved the key "
-                        f"of {proof.peer_id}"
-                    )
+                _check_claim(hello, proof)
             if scope.cancelled_caught:
                 cause, reason = "handshake_timeout", "no hello within the handshake timeout"
             else:
@@ -959,11 +963,7 @@ class Messenger:
                 raise HandshakeError(f"no answer from {host}:{port} within {timeout:g} s")
             address = stream.socket.getpeername()[0]
             refusal = None
-            if proof is not None and hello.node_id != proof.peer_id:
-                raise ProtocolError(
-                    f"the hello claims id {hello.node_id}, but the peer proved the key "
-                    f"of {proof.peer_id}"
-                )
+            _check_claim(hello, proof)
             untrusted = self._trusted(hello)
             if untrusted is not None:
                 self._refused[untrusted[0]] += 1
@@ -1029,7 +1029,7 @@ class Messenger:
             return None
         return ("unknown_peer", "this node accepts known peers only, and does not know this one")
 
-    def _remember(self, peer_id: uuid.UUID, name: str, proof: PeerProof) -> bool:
+    def _remember(self, peer_id: uuid.UUID, name: str, key: str) -> bool:
         """Remember a peer just connected; return whether its name came with a new key."""
         others = [] if peer_id in self.known_peers else self.known_peers.others_named(name, peer_id)
         if others:
@@ -1041,7 +1041,7 @@ class Messenger:
                 others[0].peer_id,
                 others[0].fingerprint,
             )
-        if self.known_peers.remember(peer_id, name, fingerprint(proof.public_key)):
+        if self.known_peers.remember(peer_id, name, key):
             self._save_known_peers()
         return bool(others)
 
@@ -1125,11 +1125,9 @@ class Messenger:
             output_pending=output_pending,
         )
         if proof is not None:
-            conn.peer = attrs.evolve(
-                conn.peer,
-                fingerprint=fingerprint(proof.public_key),
-                new_key=self._remember(conn.peer.id, conn.peer.name, proof),
-            )
+            key = fingerprint(proof.public_key)
+            new_key = self._remember(conn.peer.id, conn.peer.name, key)
+            conn.peer = attrs.evolve(conn.peer, fingerprint=key, new_key=new_key)
         if answer is not None:
             conn._queue(answer)
         if resume is not None:
@@ -1321,15 +1319,12 @@ class Messenger:
         )
 
     async def _shutdown(self) -> None:
-        self._save_known_peers()  # (the last_seen times)
-        await self._shutdown_connections()
-
-    async def _shutdown_connections(self) -> None:
         """Leave: goodbye beacon, a grace for acknowledgements, then close everything.
 
         Takes at most ``shutdown_grace`` plus ``CLOSE_PHASE`` seconds (plus the
         goodbye beacon, a few non-blocking sends).
         """
+        self._save_known_peers()  # (the last_seen times)
         self._closing = True
         with trio.move_on_after(CLOSE_PHASE):
             await self._discovery.send(BeaconKind.GOODBYE)
