@@ -182,20 +182,17 @@ class MessageIds:
         return result
 
 
-def _str_tuple(value: object, _: object) -> tuple[str, ...]:
-    if type(value) is not list:
-        _fail("array", value)
-    for item in value:
-        _str(item, None)
-    return tuple(value)
+def _tuple_of(check: Callable[[object, object], object]) -> Callable[[object, object], Any]:
+    """A structure hook for a tuple from a CBOR array whose items pass *check*."""
 
+    def structure(value: object, _: object) -> tuple[Any, ...]:
+        if type(value) is not list:
+            _fail("array", value)
+        for item in value:
+            check(item, None)
+        return tuple(value)
 
-def _bytes_tuple(value: object, _: object) -> tuple[bytes, ...]:
-    if type(value) is not list:
-        _fail("array", value)
-    for item in value:
-        _bytes(item, None)
-    return tuple(value)
+    return structure
 
 
 def _check_name(name: str) -> str:
@@ -292,9 +289,9 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _bool)
     conv.register_structure_hook(uuid.UUID, _uuid)
     conv.register_unstructure_hook(uuid.UUID, lambda u: u.bytes)
-    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _tuple_of(_str))
     conv.register_unstructure_hook_func(lambda t: t == tuple[str, ...], list)
-    conv.register_structure_hook_func(lambda t: t == tuple[bytes, ...], _bytes_tuple)
+    conv.register_structure_hook_func(lambda t: t == tuple[bytes, ...], _tuple_of(_bytes))
     conv.register_unstructure_hook_func(lambda t: t == tuple[bytes, ...], list)
     for enum_cls in (GoodbyeCode, BeaconKind):
         conv.register_structure_hook(enum_cls, lambda v, cls: cls(_str(v, None)))

@@ -333,19 +333,23 @@ class Opener:
         self.counter = 0
 
     @staticmethod
-    def next_record(data: memoryview) -> int:
-        """The size of the complete record at the start of *data*, or 0 if it is incomplete.
+    def next_record(data: bytes | bytearray | memoryview, start: int = 0, end: int = -1) -> int:
+        """The size of the complete record at *start* of *data*, or 0 if it is incomplete.
+
+        Only ``data[start:end]`` is looked at (*end* -1: to the end of *data*).
 
         Raises:
             ProtocolError: the record is too short to hold a tag.
         """
-        if len(data) < RECORD_HEADER:
+        if end < 0:
+            end = len(data)
+        if end - start < RECORD_HEADER:
             return 0
-        length = (data[0] << 8) | data[1]
+        length = (data[start] << 8) | data[start + 1]
         if length < TAG_SIZE:
             raise ProtocolError(f"a record of {length} bytes cannot hold its tag")
         size = RECORD_HEADER + length
-        return size if len(data) >= size else 0
+        return size if end - start >= size else 0
 
     def open_into(self, record: memoryview, out: memoryview) -> int:
         """Open one complete *record* into *out*; return the plaintext size.

@@ -336,14 +336,9 @@ class SecureStream(trio.abc.Stream):
         opener = self._opener
         start, end = self._start, self._end
         room_size = len(room)
-        while end - start >= RECORD_HEADER:
-            length = (data[start] << 8) | data[start + 1]
-            if length < TAG_SIZE:
-                raise ProtocolError(f"a record of {length} bytes cannot hold its tag")
-            size = RECORD_HEADER + length
-            if end - start < size:
-                break
-            plain = length - TAG_SIZE
+        next_record = opener.next_record
+        while size := next_record(data, start, end):
+            plain = size - RECORD_HEADER - TAG_SIZE
             if plain <= room_size - placed:
                 placed += opener.open_into(view[start : start + size], room[placed:])
                 start += size
