@@ -12,8 +12,7 @@ address of every interface ifaddr finds), using only the public API, and:
 
 Settings after the folder override Config fields, for the tests that must not
 wait for a default or need another policy: ``resume_timeout=3``,
-``trust=known``, ``network_key=TEXT``; ``identity=PATH`` keeps the node's key
-in PATH (the same id across runs). The setting ``quiet=1`` is
+``trust=known``, ``network_key=TEXT``. The setting ``quiet=1`` is
 the agent's own: it does not write MessageReceived events, only counts them
 and their latency (see ``latency``), for long runs at a high rate.
 
@@ -218,13 +217,10 @@ async def main(name: str, download_dir: str, *settings: str) -> None:
     changes: dict[str, Any] = {}
     for setting in settings:
         key, value = setting.split("=", 1)
-        if key == "identity":  # a key file (kept across runs of the agent)
-            changes[key] = trio_p2p.Identity.load_or_create(value)
-        else:
-            try:
-                changes[key] = float(value)
-            except ValueError:  # text settings: trust=known, network_key=...
-                changes[key] = value
+        try:
+            changes[key] = float(value)
+        except ValueError:  # text settings: trust=known, network_key=...
+            changes[key] = value
     quiet = bool(changes.pop("quiet", 0))
     config = trio_p2p.Config(download_dir=pathlib.Path(download_dir), **changes)
     stdin = trio.lowlevel.FdStream(sys.stdin.fileno())
