@@ -44,7 +44,7 @@ from trio_p2p._files import PART_SUFFIX, SIDECAR_SUFFIX
 from trio_p2p._transfer import OutgoingTransfer
 
 from .conftest import ConfigFactory
-from .helpers import first_line, wait_for
+from .helpers import discover, first_line, wait_for
 
 CHUNK = 64 * 1024
 Buffer = bytes | memoryview
@@ -61,6 +61,10 @@ async def pair(
         open_messenger("Bob", make_config(download_dir=tmp_path / "bob", **receiver)) as bob,
         open_messenger("Alice", make_config(download_dir=tmp_path / "alice")) as alice,
     ):
+        # (discovery first, both ways, so that no PeerDiscovered comes later
+        # among the events of a transfer)
+        await discover(alice, bob)
+        await discover(bob, alice)
         await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
         await wait_for(alice, PeerConnected)
         await wait_for(bob, PeerConnected)
