@@ -596,9 +596,11 @@ def test_receiving_into_the_decoders_own_buffer_decodes_the_same(
     position = 0
     while position < len(stream):
         asked = data.draw(st.integers(1, 70_000), label="room asked")
+        missing = decoder.missing
         room = decoder.receive_buffer(asked)
-        assert len(room) == asked
-        filled = min(asked, len(stream) - position, data.draw(st.integers(1, asked)))
+        # as asked, or less where the buffer has room for the rest of the frame
+        assert len(room) == asked or 0 < missing <= len(room) < asked
+        filled = min(len(room), len(stream) - position, data.draw(st.integers(1, len(room))))
         room[:filled] = stream[position : position + filled]
         room.release()
         position += filled
@@ -637,7 +639,9 @@ def test_large_chunks_handed_over_in_their_buffers_decode_as_sent(
     while position < len(stream):
         asked = max(decoder.missing, 65536)
         room = decoder.receive_buffer(asked)
-        filled = min(len(stream) - position, data.draw(st.integers(asked // 4, asked)))
+        filled = min(
+            len(stream) - position, data.draw(st.integers(max(1, len(room) // 4), len(room)))
+        )
         room[:filled] = stream[position : position + filled]
         room.release()
         position += filled
@@ -649,6 +653,58 @@ def test_large_chunks_handed_over_in_their_buffers_decode_as_sent(
                 decoder.recycle(frame.data)
     assert got == len(batch)
     assert decoder.buffered == 0
+
+
+def _receive_as_the_reader_does(decoder: FrameDecoder, stream: bytes) -> list[Frame]:
+    """Receive *stream* as a connection's reader does: the rest of a frame in one go."""
+    frames: list[Frame] = []
+    position = 0
+    while position < len(stream):
+        with decoder.receive_buffer(max(decoder.missing, 65536)) as room:
+            filled = min(len(room), len(stream) - position)
+            room[:filled] = stream[position : position + filled]
+        position += filled
+        frames.extend(decoder.commit(filled))
+    return frames
+
+
+def test_a_stream_of_chunks_is_received_into_two_buffers() -> None:
+    """Chunks whose heads grow (their offsets take more bytes), with a message
+    and an ack among them, each given back once taken: no buffer is allocated
+    after the first two (none freed and allocated again, none grown twice)."""
+    decoder = FrameDecoder(LIMIT)
+    offsets = [0, 1, 300, 70_000, 5_000_000, 2**33, 2**40, 2**50]
+    held: list[object] = []  # (kept alive, so that no new buffer takes an old id)
+    for index, offset in enumerate(offsets):
+        chunk = FileChunk(uuid.UUID(int=1), offset, bytes([index]) * 300_000)
+        message = Message(uuid.uuid4(), uuid.uuid4(), "Alice", 1.0, Text("hi"))
+        between: list[Frame] = [Ack(index)] if index % 2 else [Data(index + 1, message)]
+        stream = encode_frame(chunk) + b"".join(map(encode_frame, between))
+        got = _receive_as_the_reader_does(decoder, stream)
+        assert got == [chunk, *between]
+        assert isinstance(got[0], FileChunk)
+        assert isinstance(got[0].data, memoryview)
+        held.append(got[0].data.obj)
+        decoder.recycle(got[0].data)
+    assert len({id(buffer) for buffer in held}) == 2
+
+
+def test_a_decoder_gives_back_its_large_buffers_once_frames_stay_small() -> None:
+    decoder = FrameDecoder(LIMIT)
+    held: list[object] = []
+    for index in range(3):
+        (chunk,) = decoder.feed(encode_frame(large_chunk(index, 300_000)))
+        assert isinstance(chunk, FileChunk)
+        assert isinstance(chunk.data, memoryview)
+        held.append(chunk.data.obj)
+        decoder.recycle(chunk.data)
+    assert len({id(buffer) for buffer in held}) == 2
+    for number in range(8):  # small frames only, each alone in a receive
+        assert decoder.feed(encode_frame(Ack(number))) == [Ack(number)]
+    (chunk,) = decoder.feed(encode_frame(large_chunk(9, 300_000)))
+    assert isinstance(chunk, FileChunk)
+    assert isinstance(chunk.data, memoryview)
+    assert all(chunk.data.obj is not buffer for buffer in held)
 
 
 def test_a_handed_over_chunk_keeps_its_data_until_given_back() -> None:

@@ -92,8 +92,15 @@ _SMALL_BUFFER = 64 * 1024
 #: A chunk frame at least this large is handed over in the buffer it was
 #: received into rather than copied out of it (see FrameDecoder.recycle).
 _HAND_OVER_MIN = 256 * 1024
-#: Buffers handed back that a decoder keeps for its next large frames.
-_SPARE_BUFFERS = 4
+#: Receives in a row that end with small frames, after which a decoder gives
+#: back the room that large frames needed.
+_RELEASE_AFTER = 8
+#: Room added to a buffer grown for a large frame, beyond that frame's size.
+_GROW_MARGIN = 4096
+#: Buffers handed back that a decoder keeps for its next large frames: as many
+#: as a file transfer can hold at once (its queue, the chunks being written, the
+#: one being received), so that none is freed and allocated again.
+_SPARE_BUFFERS = 12
 #: Deepest nesting of CBOR containers accepted (our frames need 2).
 _MAX_DEPTH = 4
 _HEADER = struct.Struct(">I")
@@ -530,6 +537,8 @@ class FrameDecoder:
         #: buffers given back by recycle(), for the next large frames (a deque:
         #: recycle may be called from another thread)
         self._spare: collections.deque[bytearray] = collections.deque(maxlen=_SPARE_BUFFERS)
+        #: receives in a row that emptied the large buffer after small frames
+        self._small_batches = 0
 
     def expect_sender(self, node_id: uuid.UUID) -> None:
         """Decode messages from *node_id* to this very UUID object (cheaper to check)."""
@@ -575,11 +584,24 @@ class FrameDecoder:
         """Room for the next *size* bytes received: fill it, then call :meth:`commit`.
 
         For ``recv_into``-style receiving without an intermediate copy. The
-        buffer is reused from one receive to the next.
+        buffer is reused from one receive to the next. The room is smaller than
+        *size* where the buffer has room for the rest of the frame under way
+        (:attr:`missing`) but not for all *size* bytes: a large buffer is not
+        grown only for what comes after that frame.
         """
+        return self._room(size, exact=False)
+
+    def _room(self, size: int, *, exact: bool) -> memoryview:
         needed = self._length + size
         if len(self._buffer) < needed:
-            grown = bytearray(max(needed, 2 * len(self._buffer)))
+            missing = self.missing
+            if not exact and missing and self._length + missing <= len(self._buffer):
+                # The rest of the frame under way fits: receive what there is room for.
+                return memoryview(self._buffer)[self._length :]
+            # Twice the room, or this frame's and a little more: the next chunk
+            # frame may be a few bytes longer (its offset takes more bytes), and
+            # must fit without doubling a large buffer.
+            grown = bytearray(max(needed + _GROW_MARGIN, 2 * len(self._buffer)))
             grown[: self._length] = memoryview(self._buffer)[: self._length]
             self._buffer = grown
         return memoryview(self._buffer)[self._length : needed]
@@ -603,7 +625,7 @@ class FrameDecoder:
             ProtocolError: for an oversized length prefix or an invalid frame.
         """
         size = len(data)
-        with self.receive_buffer(size) as room:
+        with self._room(size, exact=True) as room:
             room[:] = data
         return self.commit(size)
 
@@ -650,6 +672,7 @@ class FrameDecoder:
                 if chunk is not None:
                     frames.append(chunk)
                     if hand_over:
+                        self._small_batches = 0
                         self._replace_buffer(available - position)
                         self._length = available - position
                         return frames
@@ -669,12 +692,19 @@ class FrameDecoder:
         rest = available - position
         if rest:
             buffer[:rest] = buffer[position:available]
-        elif len(buffer) > _SMALL_BUFFER and bounds[-1][1] - bounds[-1][0] < _SMALL_BUFFER:
-            # Empty after small frames: give back the room a large frame needed
-            # (it stays while large frames keep coming, as in a file transfer),
-            # and the spare buffers.
-            self._buffer = bytearray(_SMALL_BUFFER)
-            self._spare.clear()
+        elif len(buffer) > _SMALL_BUFFER:
+            if bounds[-1][1] - bounds[-1][0] >= _SMALL_BUFFER:
+                self._small_batches = 0
+            else:
+                # Empty after small frames, several times in a row: give back the
+                # room large frames needed, and the spare buffers. (Not at the
+                # first: a message or a ping in the middle of a file transfer
+                # would have the next chunks allocate all of them again.)
+                self._small_batches += 1
+                if self._small_batches >= _RELEASE_AFTER:
+                    self._buffer = bytearray(_SMALL_BUFFER)
+                    self._spare.clear()
+                    self._small_batches = 0
         self._length = rest
         return frames
 

@@ -755,6 +755,7 @@ class PeerConnection:
             size = min(max(RECEIVE_SIZE, missing), MAX_RECEIVE_SIZE)
             if receive_into is not None:
                 with decoder.receive_buffer(size) as room:
+                    size = len(room)  # (less where the rest of a frame fits)
                     if missing > RECEIVE_SIZE and receive_nowait is not None:
                         # The rest of a large frame under way (a file chunk): no
                         # task switch unless it must wait. (Not for small frames:
