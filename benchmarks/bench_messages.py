@@ -371,15 +371,24 @@ def main() -> None:
         ("raw", "pingpong", args.round_trips),
         ("zmq", "pingpong", args.round_trips),
     ]
+    # Rounds of one run per case, so that a slow spell of the machine hits
+    # every case alike (the ratios compare cases measured minutes apart).
+    runs: dict[tuple[str, str], list[dict[str, float]]] = {(k, m): [] for k, m, _ in cases}
+    for _ in range(args.repeat):
+        for kind, mode, count in cases:
+            runs[kind, mode].append(measure(kind, mode, count))
     results: dict[tuple[str, str], dict[str, float]] = {}
-    for kind, mode, count in cases:
-        runs = [measure(kind, mode, count) for _ in range(args.repeat)]
-        key = "rtt_us" if mode == "pingpong" else "rate"
-        best = (min if mode == "pingpong" else max)(runs, key=lambda r: r[key])
-        results[kind, mode] = best
+    for (kind, mode), found in runs.items():
+        if mode == "pingpong":
+            results[kind, mode] = min(found, key=lambda r: r["rtt_us"])
+        else:
+            results[kind, mode] = max(found, key=lambda r: r["rate"])
     zmq_rate = results["zmq", "stream"]["rate"]
     raw_rate = results["raw", "stream"]["rate"]
-    print(f"one-way, 100-byte texts, {args.count:,} messages, best of {args.repeat}:")
+    print(
+        f"one-way, 100-byte texts, {args.count:,} messages, "
+        f"best of {args.repeat} interleaved rounds:"
+    )
     for kind, mode, label in [
         ("p2p", "nowait", "trio_p2p nowait -> async for"),
         ("plain", "nowait", "  the same, plaintext"),
