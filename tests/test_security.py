@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import stat
+import threading
 import uuid
 
 import pytest
@@ -265,6 +267,68 @@ async def test_a_known_name_with_a_new_key_is_flagged(
                 await third.connect_to_peer(("127.0.0.1", bob.tcp_port))
                 met = await wait_for(bob, PeerConnected, peer=third.peer_id)
                 assert not met.peer.new_key
+
+
+async def test_known_peers_are_saved_as_they_come_and_a_failed_save_is_only_logged(
+    make_config: ConfigFactory, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="trio_p2p")
+    path = tmp_path / "bob.key.known.json"
+    bob_config = make_config(identity=Identity.load_or_create(tmp_path / "bob.key"))
+    with trio.fail_after(15):
+        async with (
+            open_messenger("Bob", bob_config) as bob,
+            open_messenger("Alice", make_config()) as alice,
+            open_messenger("Carol", make_config()) as carol,
+        ):
+            await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+            # saved while Bob runs, not only when he stops
+            while not path.exists() or str(alice.peer_id) not in path.read_text():  # noqa: ASYNC110 (a file)
+                await trio.sleep(0.01)
+            # a save that fails (its temporary file's name is taken by a folder)
+            # is a warning: Bob runs on, and keeps Carol in memory
+            (tmp_path / f".{path.name}.{os.getpid()}.tmp").mkdir()
+            await carol.connect_to_peer(("127.0.0.1", bob.tcp_port))
+            saved = "cannot save the known peers"
+            while not any(saved in r.getMessage() for r in caplog.records):  # noqa: ASYNC110 (a log)
+                await trio.sleep(0.01)
+            assert carol.peer_id in bob.known_peers
+            assert str(carol.peer_id) not in path.read_text()
+            assert {p.id for p in bob.connected_peers()} == {alice.peer_id, carol.peer_id}
+
+
+async def test_a_slow_disk_does_not_hold_up_the_node_while_it_saves_known_peers(
+    make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing = threading.Event()
+    release = threading.Event()
+    write = KnownPeers.write
+
+    def slow_write(self: KnownPeers, text: str) -> None:
+        writing.set()
+        release.wait(10)  # (bounded: were it on the event loop, the test still ends)
+        write(self, text)
+
+    monkeypatch.setattr(KnownPeers, "write", slow_write)
+    path = tmp_path / "bob.key.known.json"
+    bob_config = make_config(identity=Identity.load_or_create(tmp_path / "bob.key"))
+    async with (
+        open_messenger("Bob", bob_config) as bob,
+        open_messenger("Alice", make_config()) as alice,
+    ):
+        with trio.fail_after(5):
+            peer = await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+            await trio.to_thread.run_sync(writing.wait, 5)
+        # the save of Alice is stuck on the disk: Bob answers all the same
+        with trio.fail_after(2):
+            await alice.send_text_message(peer.id, "still there?")
+            assert await texts(bob, 1) == ["still there?"]
+        assert not path.exists()
+        release.set()
+        with trio.fail_after(5):
+            while not path.exists():  # noqa: ASYNC110 (a file)
+                await trio.sleep(0.01)
+    assert str(alice.peer_id) in path.read_text()
 
 
 def test_known_peers_file(tmp_path: pathlib.Path) -> None:

@@ -308,6 +308,10 @@ class Messenger:
         self.known_peers = KnownPeers.load(
             known_peers_path(identity.path) if identity.path is not None else None
         )
+        #: set when the known peers changed and are to be saved
+        self._known_changed = trio.Event()
+        #: held while the known peers are written (one write at a time)
+        self._known_writing = trio.Lock()
         #: the X25519 key of this messenger's Noise handshakes (signed by the identity)
         self._static_key = X25519PrivateKey.generate().private_bytes_raw()
         self._nursery = nursery
@@ -729,6 +733,7 @@ class Messenger:
         nursery.start_soon(self._outlet.run)
         nursery.start_soon(self._accept_loop)
         nursery.start_soon(self._files.sweep_loop)
+        nursery.start_soon(self._known_peers_loop)
         await nursery.start(self._discovery.run)
         task_status.started()
 
@@ -1042,14 +1047,26 @@ class Messenger:
                 others[0].fingerprint,
             )
         if self.known_peers.remember(peer_id, name, key):
-            self._save_known_peers()
+            self._known_changed.set()
         return bool(others)
 
-    def _save_known_peers(self) -> None:
-        try:
-            self.known_peers.save()
-        except OSError as exc:
-            logger.warning("cannot save the known peers to %s: %s", self.known_peers.path, exc)
+    async def _known_peers_loop(self) -> None:
+        """Save the known peers after each change (changes made meanwhile, at once)."""
+        while True:
+            await self._known_changed.wait()
+            self._known_changed = trio.Event()
+            await self._save_known_peers()
+
+    async def _save_known_peers(self) -> None:
+        """Write the known peers to their file in a worker thread (it syncs to disk)."""
+        if self.known_peers.path is None:
+            return
+        async with self._known_writing:
+            text = self.known_peers.snapshot()
+            try:
+                await trio.to_thread.run_sync(self.known_peers.write, text, abandon_on_cancel=True)
+            except OSError as exc:
+                logger.warning("cannot save the known peers to %s: %s", self.known_peers.path, exc)
 
     async def _settle_dial(self, hello: Hello) -> PeerConnection | None:
         """Settle a dial that reached *hello*'s node against a connection it has.
@@ -1321,11 +1338,12 @@ class Messenger:
     async def _shutdown(self) -> None:
         """Leave: goodbye beacon, a grace for acknowledgements, then close everything.
 
-        Takes at most ``shutdown_grace`` plus ``CLOSE_PHASE`` seconds (plus the
+        Takes at most ``shutdown_grace`` plus 3 ``CLOSE_PHASE`` seconds (plus the
         goodbye beacon, a few non-blocking sends).
         """
-        self._save_known_peers()  # (the last_seen times)
         self._closing = True
+        with trio.move_on_after(CLOSE_PHASE):
+            await self._save_known_peers()  # (the last_seen times; a slow disk: abandoned)
         with trio.move_on_after(CLOSE_PHASE):
             await self._discovery.send(BeaconKind.GOODBYE)
         with trio.move_on_after(self.config.shutdown_grace):

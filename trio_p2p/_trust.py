@@ -133,11 +133,16 @@ class KnownPeers:
     def save(self) -> None:
         """Write the peers to the file (atomically, readable by the owner only).
 
+        Blocks: :meth:`snapshot` on the event loop and :meth:`write` in a worker
+        thread do the same without blocking it.
+
         Raises:
             OSError: the file cannot be written.
         """
-        if self.path is None:
-            return
+        self.write(self.snapshot())
+
+    def snapshot(self) -> str:
+        """The file's text for the peers as they are now (for :meth:`write`)."""
         entries = [
             {
                 "id": str(p.peer_id),
@@ -148,7 +153,19 @@ class KnownPeers:
             }
             for p in sorted(self._peers.values(), key=lambda p: p.first_seen)
         ]
-        text = json.dumps({"version": _FORMAT_VERSION, "peers": entries}, indent=1)
+        return json.dumps({"version": _FORMAT_VERSION, "peers": entries}, indent=1)
+
+    def write(self, text: str) -> None:
+        """Write *text* (a :meth:`snapshot`) to the file, atomically, owner-only.
+
+        Blocking (it syncs the file to disk); safe in a worker thread, one
+        call at a time. Nothing is written if the peers are kept in memory only.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+        if self.path is None:
+            return
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
