@@ -363,3 +363,19 @@ async def test_a_failed_attempt_to_reach_a_peer_is_tried_again_a_refusal_is_not(
             with pytest.raises(OSError, match="all attempts"):
                 await alice.connect_to_peer(("127.0.0.1", closed))
             assert trio.current_time() - start < 0.5
+            # nor is a name that does not resolve (faked: no query leaves the machine)
+            asked: list[str] = []
+
+            async def unresolvable(host: str, *args: object, **kwargs: object) -> list[object]:
+                asked.append(host)
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+            monkeypatch.setattr(trio.socket, "getaddrinfo", unresolvable)
+            monkeypatch.setattr(trio, "open_tcp_stream", flaky)  # (would count attempts)
+            failures.append(OSError(errno.EHOSTUNREACH, "never raised"))
+            start = trio.current_time()
+            with pytest.raises(OSError, match="not known"):
+                await alice.connect_to_peer(("nowhere.invalid", bob.tcp_port))
+            assert asked == ["nowhere.invalid"]
+            assert failures  # no TCP attempt was made
+            assert trio.current_time() - start < 0.5

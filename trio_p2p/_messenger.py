@@ -223,17 +223,16 @@ async def _connect(host: str, port: int, failures: list[OSError]) -> trio.Socket
     A lossy link can fail an attempt (the address does not resolve to a
     hardware address in time: EHOSTUNREACH): such failures are appended to
     *failures* and tried again every ``RECONNECT_PAUSE`` seconds (bound it with
-    a cancel scope). A refusal (nothing listens there) and a name that does not
-    resolve are not: they are raised at once.
+    a cancel scope). A refusal (nothing listens there) is not: it is raised at
+    once. (*host* is an IPv4 address, see :func:`_resolve_ipv4`: a name that
+    does not resolve fails before this.)
 
     Raises:
-        OSError: the connection was refused, or the name is unknown.
+        OSError: the connection was refused.
     """
     while True:
         try:
             return await trio.open_tcp_stream(host, port)
-        except socket.gaierror:
-            raise
         except OSError as exc:
             if _refused(exc):
                 raise
