@@ -9,7 +9,7 @@ is after the receiver verified the BLAKE3 digest and saved the file). It also
 reports each side's peak RSS growth, and for trio_p2p the latency of a text
 message sent in the middle of the transfer.
 
-    python benchmarks/bench_files.py [--size-mib N] [--repeat K]
+    python benchmarks/bench_files.py [--size-mib N] [--repeat K] [--steady-memory]
 
 Nothing leaves the machine: the trio_p2p nodes use a private discovery port,
 broadcast to 127.255.255.255 only, and connect to 127.0.0.1.
@@ -18,6 +18,7 @@ broadcast to 127.255.255.255 only, and connect to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import trio
 from _common import cpu_seconds, free_port, peak_rss_mib, report
@@ -157,6 +159,41 @@ def warm_memory(folder: str, size: int) -> None:
     os.unlink(path)
 
 
+#: Linux's free page reporting: a VM guest tells the host which of its pages
+#: are free, and the host takes them back; blocks of at least 2**order pages.
+PAGE_REPORTING_ORDER = pathlib.Path("/sys/module/page_reporting/parameters/page_reporting_order")
+
+
+@contextlib.contextmanager
+def steady_memory(wanted: bool) -> Iterator[str]:
+    """Hold off free page reporting for the run, if *wanted* (and possible); restore it after.
+
+    On a VM guest with page reporting (as on the machines this was written
+    on), memory freed for a second or two is given back to the host, and the
+    next write to it costs several times the copy itself (a 1 GiB write into
+    /dev/shm: 4.7 s cold, 0.37 s warm). Which copy pays that depends on when
+    the reporter ran, not on the copy: single runs swing by 2x. With the
+    reporting order raised to the largest block, freed memory stays with the
+    guest and every case writes into warm memory (socat alike). Needs root.
+
+    Yields:
+        What was done, for the report.
+    """
+    if not wanted:
+        yield "VM page reporting left as it is"
+        return
+    try:
+        before = PAGE_REPORTING_ORDER.read_text().strip()
+        PAGE_REPORTING_ORDER.write_text("10")
+    except OSError as exc:
+        yield f"VM page reporting left as it is ({exc.strerror or exc})"
+        return
+    try:
+        yield f"VM page reporting held off (order {before} -> 10, restored after)"
+    finally:
+        PAGE_REPORTING_ORDER.write_text(before)
+
+
 def run_pair(receiver: list[str], sender: list[str], folder: str, size: int) -> dict[str, float]:
     me = [sys.executable, os.path.abspath(__file__)]
     proc = subprocess.Popen([*me, *receiver], stdout=subprocess.PIPE, text=True)
@@ -230,9 +267,19 @@ def main() -> None:
         help="where the files go (default: /dev/shm, memory, so that the disk's own "
         "write-back does not drown the network figures; pass a disk folder to include it)",
     )
+    parser.add_argument(
+        "--steady-memory",
+        action="store_true",
+        help="on a VM guest that gives freed memory back to its host (Linux free page "
+        "reporting), hold that off for the run, so that every case writes into memory the "
+        "guest still has (root; restored after); see steady_memory()",
+    )
     args = parser.parse_args()
     size = args.size_mib * 1024 * 1024
-    with tempfile.TemporaryDirectory(prefix="bench_files_", dir=args.dir) as work:
+    with (
+        steady_memory(args.steady_memory) as memory,
+        tempfile.TemporaryDirectory(prefix="bench_files_", dir=args.dir) as work,
+    ):
         source = pathlib.Path(work) / "source.bin"
         with open(source, "wb") as out:
             for _ in range(args.size_mib):
@@ -277,7 +324,7 @@ def main() -> None:
         }
     print(
         f"{args.size_mib} MiB file over loopback into {args.dir or 'the temp folder'}, "
-        f"best of {args.repeat} interleaved rounds:"
+        f"best of {args.repeat} interleaved rounds ({memory}):"
     )
     socat_rate = size / results["socat"]["seconds"] / 1e9 if "socat" in results else None
     for name, label in [
