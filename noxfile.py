@@ -39,6 +39,7 @@ def bench(session: nox.Session) -> None:
     session.install(".[test]")
     session.run("python", "benchmarks/bench_messages.py", *session.posargs)
     session.run("python", "benchmarks/bench_files.py")
+    session.run("python", "benchmarks/bench_connect.py")
 
 
 @nox.session
