@@ -97,10 +97,11 @@ _HAND_OVER_MIN = 256 * 1024
 _RELEASE_AFTER = 8
 #: Room added to a buffer grown for a large frame, beyond that frame's size.
 _GROW_MARGIN = 4096
-#: Buffers handed back that a decoder keeps for its next large frames: as many
-#: as a file transfer can hold at once (its queue, the chunks being written, the
-#: one being received), so that none is freed and allocated again.
-_SPARE_BUFFERS = 12
+#: Buffers handed back that a decoder keeps for its next large frames: more
+#: than a file transfer holds at once (its queue of 2, the 2 being written, the
+#: one being received), so that none is freed and allocated again; few enough
+#: that a connection's spares stay a few MiB.
+_SPARE_BUFFERS = 6
 #: Deepest nesting of CBOR containers accepted (our frames need 2).
 _MAX_DEPTH = 4
 _HEADER = struct.Struct(">I")
