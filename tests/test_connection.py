@@ -212,6 +212,35 @@ async def test_only_a_send_on_an_idle_connection_writes_directly(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_loop_of_sends_goes_out_in_a_few_writes(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Each ``await send`` queues one message per scheduler turn: the writer,
+    woken soon after its last write, lets the loop add more before it writes
+    (it wrote 1.5 messages a write when it wrote whatever was queued)."""
+    with trio.fail_after(10):
+        sa, sb = trio.testing.memory_stream_pair()
+        writes: list[int] = []
+
+        async def counting_send_all(data: bytes | bytearray | memoryview) -> None:
+            writes.append(len(data))
+            await sa.send_all(data)
+
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, send_all=counting_send_all)
+        b = make_side(sb, bob, alice, dialer=False)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            await trio.testing.wait_all_tasks_blocked()
+            before = len(writes)
+            for i in range(40):  # (the clock stands still: every send is "soon")
+                await a.conn.send(Text(f"m{i}"))
+            assert await received_texts(b, 40) == [f"m{i}" for i in range(40)]
+            assert len(writes) - before <= 4
+            nursery.cancel_scope.cancel()
+
+
 async def test_an_answer_carries_the_ack_of_the_question_in_one_write() -> None:
     with trio.fail_after(10), mock.patch.object(_connection, "DIRECT_WRITE_IDLE", 0.0):
         sb, sa, write_nowait, written = direct_write_pair([])

@@ -701,13 +701,15 @@ class PeerConnection:
             elif streaming or trio.current_time() - self._last_sent < DIRECT_WRITE_IDLE:
                 # More was queued while the last write was in flight, or soon
                 # after it: a producer is streaming. Let it add more while the
-                # queue still grows.
+                # queue still grows. (Two turns without growth end it: Trio runs
+                # the tasks of one turn in either order, so in one turn out of
+                # two this task runs before the producer.)
                 size = len(self._outgoing)
-                while size < COALESCE_LIMIT:
+                idle_turns = 0
+                while size < COALESCE_LIMIT and idle_turns < 2:
                     await trio.lowlevel.checkpoint()
                     grown = len(self._outgoing)
-                    if grown == size:
-                        break
+                    idle_turns = idle_turns + 1 if grown == size else 0
                     size = grown
             if not self._outgoing and not self._ack_wanted and not self._pong_wanted:
                 continue  # written directly by a sender meanwhile
