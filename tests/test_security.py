@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
-import os
 import pathlib
 import stat
 import threading
@@ -20,7 +21,7 @@ from trio_p2p import (
     PeerDisconnected,
     open_messenger,
 )
-from trio_p2p._trust import KnownPeer, KnownPeers
+from trio_p2p._trust import KnownPeer, KnownPeers, Snapshot
 
 from .conftest import ConfigFactory
 from .helpers import texts, wait_for
@@ -270,7 +271,10 @@ async def test_a_known_name_with_a_new_key_is_flagged(
 
 
 async def test_known_peers_are_saved_as_they_come_and_a_failed_save_is_only_logged(
-    make_config: ConfigFactory, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+    make_config: ConfigFactory,
+    tmp_path: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="trio_p2p")
     path = tmp_path / "bob.key.known.json"
@@ -285,9 +289,13 @@ async def test_known_peers_are_saved_as_they_come_and_a_failed_save_is_only_logg
             # saved while Bob runs, not only when he stops
             while not path.exists() or str(alice.peer_id) not in path.read_text():  # noqa: ASYNC110 (a file)
                 await trio.sleep(0.01)
-            # a save that fails (its temporary file's name is taken by a folder)
-            # is a warning: Bob runs on, and keeps Carol in memory
-            (tmp_path / f".{path.name}.{os.getpid()}.tmp").mkdir()
+
+            # a save that fails (a full disk) is a warning: Bob runs on, and
+            # keeps Carol in memory
+            def full(self: KnownPeers, snapshot: Snapshot) -> None:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(KnownPeers, "write", full)
             await carol.connect_to_peer(("127.0.0.1", bob.tcp_port))
             saved = "cannot save the known peers"
             while not any(saved in r.getMessage() for r in caplog.records):  # noqa: ASYNC110 (a log)
@@ -304,10 +312,10 @@ async def test_a_slow_disk_does_not_hold_up_the_node_while_it_saves_known_peers(
     release = threading.Event()
     write = KnownPeers.write
 
-    def slow_write(self: KnownPeers, text: str) -> None:
+    def slow_write(self: KnownPeers, snapshot: Snapshot) -> None:
         writing.set()
         release.wait(10)  # (bounded: were it on the event loop, the test still ends)
-        write(self, text)
+        write(self, snapshot)
 
     monkeypatch.setattr(KnownPeers, "write", slow_write)
     path = tmp_path / "bob.key.known.json"
@@ -329,6 +337,35 @@ async def test_a_slow_disk_does_not_hold_up_the_node_while_it_saves_known_peers(
             while not path.exists():  # noqa: ASYNC110 (a file)
                 await trio.sleep(0.01)
     assert str(alice.peer_id) in path.read_text()
+
+
+def test_an_older_known_peers_write_never_replaces_a_newer_one(tmp_path: pathlib.Path) -> None:
+    """Writes abandoned on a slow disk may finish after later ones: the file
+    keeps the latest snapshot, whole, and no temporary file is left."""
+    path = tmp_path / "id.key.known.json"
+    known = KnownPeers(path)
+    ids = [uuid.uuid4() for _ in range(3)]
+    known.remember(ids[0], "A", "1")
+    old = known.snapshot()
+    known.remember(ids[1], "B", "2")
+    new = known.snapshot()
+    known.write(new)
+    known.write(old)  # (the slow one finishes last)
+    assert {p.peer_id for p in KnownPeers.load(path)._peers.values()} == set(ids[:2])
+    # many at once, finishing in any order: the newest wins
+    known.remember(ids[2], "C", "3")
+    snapshots = [known.snapshot() for _ in range(8)]
+    threads = [threading.Thread(target=known.write, args=(s,)) for s in reversed(snapshots)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert json.loads(path.read_text()) == json.loads(snapshots[-1].text)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    # a temporary file left by a process that died mid-write is removed at load
+    (tmp_path / f".{path.name}.999-7.tmp").write_text("{half")
+    assert len(KnownPeers.load(path)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
 
 
 def test_known_peers_file(tmp_path: pathlib.Path) -> None:

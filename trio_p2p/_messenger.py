@@ -1057,13 +1057,20 @@ class Messenger:
             await self._save_known_peers()
 
     async def _save_known_peers(self) -> None:
-        """Write the known peers to their file in a worker thread (it syncs to disk)."""
+        """Write the known peers to their file in a worker thread (it syncs to disk).
+
+        One write at a time; a write cancelled (closing, on a slow disk) is
+        abandoned to finish on its own, and cannot replace a later one (see
+        :meth:`KnownPeers.write`).
+        """
         if self.known_peers.path is None:
             return
         async with self._known_writing:
-            text = self.known_peers.snapshot()
+            snapshot = self.known_peers.snapshot()
             try:
-                await trio.to_thread.run_sync(self.known_peers.write, text, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(
+                    self.known_peers.write, snapshot, abandon_on_cancel=True
+                )
             except OSError as exc:
                 logger.warning("cannot save the known peers to %s: %s", self.known_peers.path, exc)
 
@@ -1341,8 +1348,14 @@ class Messenger:
         goodbye beacon, a few non-blocking sends).
         """
         self._closing = True
-        with trio.move_on_after(CLOSE_PHASE):
-            await self._save_known_peers()  # (the last_seen times; a slow disk: abandoned)
+        with trio.move_on_after(CLOSE_PHASE) as saving:
+            await self._save_known_peers()  # (the last_seen times)
+        if saving.cancelled_caught:
+            logger.warning(
+                "the known peers were not saved to %s: the disk took longer than %g s",
+                self.known_peers.path,
+                CLOSE_PHASE,
+            )
         with trio.move_on_after(CLOSE_PHASE):
             await self._discovery.send(BeaconKind.GOODBYE)
         with trio.move_on_after(self.config.shutdown_grace):

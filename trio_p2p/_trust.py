@@ -9,9 +9,11 @@ id and comes back with another is flagged (see ``PeerInfo.new_key``). With
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import pathlib
+import threading
 import time
 import uuid
 
@@ -19,7 +21,7 @@ import attrs
 
 from ._log import get_logger
 
-__all__ = ["KnownPeer", "KnownPeers", "known_peers_path"]
+__all__ = ["KnownPeer", "KnownPeers", "Snapshot", "known_peers_path"]
 
 logger = get_logger("trust")
 
@@ -31,6 +33,19 @@ _FORMAT_VERSION = 1
 def known_peers_path(identity_path: pathlib.Path) -> pathlib.Path:
     """Where the known peers of the identity kept at *identity_path* are kept."""
     return identity_path.with_name(identity_path.name + ".known.json")
+
+
+@attrs.frozen
+class Snapshot:
+    """The known peers' file text at one moment, numbered in the order taken.
+
+    Attributes:
+        number: 1 for the first snapshot of a table, then 2, 3...
+        text: the file's content.
+    """
+
+    number: int
+    text: str
 
 
 @attrs.frozen
@@ -64,6 +79,11 @@ class KnownPeers:
         self.path = path
         self._limit = limit
         self._peers: dict[uuid.UUID, KnownPeer] = {}
+        #: the number of the last snapshot taken, and of the last one written
+        self._taken = 0
+        self._written = 0
+        #: held (by worker threads) while a written snapshot replaces the file
+        self._replacing = threading.Lock()
 
     @classmethod
     def load(cls, path: pathlib.Path | None) -> KnownPeers:
@@ -75,6 +95,12 @@ class KnownPeers:
         known = cls(path)
         if path is None:
             return known
+        # Temporary files of writes cut short (a process killed, or ended while
+        # a slow disk still wrote): the file's owner is this node (its identity
+        # is locked), so none of them is still being written.
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("version") != _FORMAT_VERSION:
@@ -141,8 +167,9 @@ class KnownPeers:
         """
         self.write(self.snapshot())
 
-    def snapshot(self) -> str:
-        """The file's text for the peers as they are now (for :meth:`write`)."""
+    def snapshot(self) -> Snapshot:
+        """The file's text for the peers as they are now, numbered (for :meth:`write`)."""
+        self._taken += 1
         entries = [
             {
                 "id": str(p.peer_id),
@@ -153,27 +180,36 @@ class KnownPeers:
             }
             for p in sorted(self._peers.values(), key=lambda p: p.first_seen)
         ]
-        return json.dumps({"version": _FORMAT_VERSION, "peers": entries}, indent=1)
+        text = json.dumps({"version": _FORMAT_VERSION, "peers": entries}, indent=1)
+        return Snapshot(self._taken, text)
 
-    def write(self, text: str) -> None:
-        """Write *text* (a :meth:`snapshot`) to the file, atomically, owner-only.
+    def write(self, snapshot: Snapshot) -> None:
+        """Write a :meth:`snapshot` to the file, atomically, owner-only.
 
-        Blocking (it syncs the file to disk); safe in a worker thread, one
-        call at a time. Nothing is written if the peers are kept in memory only.
+        Blocking (it syncs the file to disk); safe in worker threads, even
+        several at once (a write abandoned on a slow disk): each goes through a
+        temporary file of its own, and a snapshot older than the one the file
+        already holds is dropped rather than put in its place. Nothing is
+        written if the peers are kept in memory only.
 
         Raises:
             OSError: the file cannot be written.
         """
         if self.path is None:
             return
-        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}-{snapshot.number}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
-                out.write(text)
+                out.write(snapshot.text)
                 out.flush()
                 os.fsync(out.fileno())
-            temporary.replace(self.path)
+            with self._replacing:
+                if snapshot.number > self._written:
+                    temporary.replace(self.path)
+                    self._written = snapshot.number
+                else:  # a later snapshot is in the file already
+                    temporary.unlink()
         except BaseException:
             with contextlib.suppress(OSError):
                 temporary.unlink()
