@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import uuid
 from unittest import mock
 
@@ -239,6 +240,52 @@ async def test_a_loop_of_sends_goes_out_in_a_few_writes(
             assert await received_texts(b, 40) == [f"m{i}" for i in range(40)]
             assert len(writes) - before <= 4
             nursery.cancel_scope.cancel()
+
+
+async def test_a_busy_scheduler_does_not_hold_a_batch_back(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A loop of sends while another task takes 0.2 ms per turn (the mock clock
+    jumps): the writer batches, but no message waits much more than
+    COALESCE_TIME before it is written."""
+    with trio.fail_after(10):
+        sa, sb = trio.testing.memory_stream_pair()
+        written_at: dict[bytes, float] = {}
+        writes = 0
+
+        async def timed_send_all(data: bytes | bytearray | memoryview) -> None:
+            nonlocal writes
+            writes += 1
+            for text in re.findall(rb"m\d{4}", bytes(data)):
+                written_at[text] = trio.current_time()
+            await sa.send_all(data)
+
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, send_all=timed_send_all, window=4096)
+        b = make_side(sb, bob, alice, dialer=False, window=4096)
+
+        async def busy() -> None:
+            while True:
+                mock_clock.jump(0.0002)
+                await trio.lowlevel.checkpoint()
+
+        queued_at: dict[bytes, float] = {}
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            await trio.testing.wait_all_tasks_blocked()
+            writes = 0
+            nursery.start_soon(busy)
+            for i in range(1000):
+                queued_at[b"m%04d" % i] = trio.current_time()
+                await a.conn.send(Text(f"m{i:04d}"))
+            assert await received_texts(b, 1000) == [f"m{i:04d}" for i in range(1000)]
+            nursery.cancel_scope.cancel()
+        waits = [written_at[text] - queued for text, queued in queued_at.items()]
+        assert writes < 500  # batched...
+        # ...but never for long: COALESCE_TIME (1 ms) and a few turns; without
+        # that bound the first batch waited 147 ms here (it grew to 64 KiB)
+        assert max(waits) < 0.005
 
 
 async def test_an_answer_carries_the_ack_of_the_question_in_one_write() -> None:

@@ -109,8 +109,11 @@ QUEUE_LIMIT = 64 * 1024
 #: writer writes, and lets the producer add more first (a loop of ``await send``
 #: wrote 1.5 messages per write without this, 65% more writes than messages).
 DIRECT_WRITE_IDLE = 50e-6
-#: The writer stops waiting for more to coalesce once this much is queued.
+#: The writer stops waiting for more to coalesce once this much is queued...
 COALESCE_LIMIT = 256 * 1024
+#: ...or once it has waited this long (seconds): the first message of a batch is
+#: never held longer, however busy the other tasks keep the scheduler.
+COALESCE_TIME = 1e-3
 #: While the application holds the reader back, acknowledge every this many messages.
 ACK_WHILE_BLOCKED = 64
 #: A reader held back by a full event channel of at least this capacity, once
@@ -706,11 +709,14 @@ class PeerConnection:
                 # two this task runs before the producer.)
                 size = len(self._outgoing)
                 idle_turns = 0
+                until = trio.current_time() + COALESCE_TIME
                 while size < COALESCE_LIMIT and idle_turns < 2:
                     await trio.lowlevel.checkpoint()
                     grown = len(self._outgoing)
                     idle_turns = idle_turns + 1 if grown == size else 0
                     size = grown
+                    if trio.current_time() >= until:
+                        break
             if not self._outgoing and not self._ack_wanted and not self._pong_wanted:
                 continue  # written directly by a sender meanwhile
             await self._write(self._take_output())
