@@ -692,19 +692,25 @@ def test_a_stream_of_chunks_is_received_into_two_buffers() -> None:
 def test_a_decoder_gives_back_its_large_buffers_once_frames_stay_small() -> None:
     decoder = FrameDecoder(LIMIT)
     held: list[object] = []
-    for index in range(3):
+    for index in range(1, 4):  # (offsets of one size: frames of one size)
         (chunk,) = decoder.feed(encode_frame(large_chunk(index, 300_000)))
         assert isinstance(chunk, FileChunk)
         assert isinstance(chunk.data, memoryview)
         held.append(chunk.data.obj)
         decoder.recycle(chunk.data)
     assert len({id(buffer) for buffer in held}) == 2
+    (late,) = decoder.feed(encode_frame(large_chunk(4, 300_000)))  # (written slowly)
+    assert isinstance(late, FileChunk)
+    assert isinstance(late.data, memoryview)
+    held.append(late.data.obj)
     for number in range(8):  # small frames only, each alone in a receive
         assert decoder.feed(encode_frame(Ack(number))) == [Ack(number)]
-    (chunk,) = decoder.feed(encode_frame(large_chunk(9, 300_000)))
-    assert isinstance(chunk, FileChunk)
-    assert isinstance(chunk.data, memoryview)
-    assert all(chunk.data.obj is not buffer for buffer in held)
+    decoder.recycle(late.data)  # given back once the large buffers went: not kept
+    for index in (9, 10):
+        (chunk,) = decoder.feed(encode_frame(large_chunk(index, 300_000)))
+        assert isinstance(chunk, FileChunk)
+        assert isinstance(chunk.data, memoryview)
+        assert all(chunk.data.obj is not buffer for buffer in held)
 
 
 def test_a_handed_over_chunk_keeps_its_data_until_given_back() -> None:

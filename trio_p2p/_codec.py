@@ -551,9 +551,15 @@ class FrameDecoder:
         A large chunk frame's data is a view of the buffer it was received
         into, which the decoder hands over with the chunk (and replaces); given
         back here once the chunk is written, it receives a later frame, with no
-        new allocation. Anything else is ignored. Safe to call from any thread.
+        new allocation. Anything else is ignored, and so is a buffer given back
+        once the decoder has given back its large buffers (only small frames
+        came for a while). Safe to call from any thread.
         """
-        if isinstance(data, memoryview) and type(data.obj) is bytearray:
+        if (
+            isinstance(data, memoryview)
+            and type(data.obj) is bytearray
+            and len(self._buffer) > _SMALL_BUFFER
+        ):
             self._spare.append(data.obj)
 
     def _replace_buffer(self, keep: int) -> None:
