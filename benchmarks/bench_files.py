@@ -25,6 +25,7 @@ import pathlib
 import resource
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -322,6 +323,11 @@ def main() -> None:
         results = {
             name: min(found, key=lambda r: r["seconds"]) for name, found in runs.items() if found
         }
+        medians = {
+            name: statistics.median(size / r["seconds"] / 1e9 for r in found)
+            for name, found in runs.items()
+            if found
+        }
     print(
         f"{args.size_mib} MiB file over loopback into {args.dir or 'the temp folder'}, "
         f"best of {args.repeat} interleaved rounds ({memory}):"
@@ -341,7 +347,8 @@ def main() -> None:
         ratio = f"{rate / socat_rate:5.2f}x socat" if socat_rate else ""
         cpu = r["cpu"] / (size / 1e9)
         print(
-            f"  {label:32} {rate:6.2f} GB/s  {ratio}  CPU {cpu:4.2f} s/GB  peak RSS growth: "
+            f"  {label:32} {rate:6.2f} GB/s (median {medians[name]:4.2f})  {ratio}  "
+            f"CPU {cpu:4.2f} s/GB  peak RSS growth: "
             f"sender {r['sender_rss']:.0f} MiB, receiver {r['receiver_rss']:.0f} MiB"
         )
     encrypted = size / results["trio_p2p"]["seconds"]
