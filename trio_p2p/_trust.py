@@ -91,6 +91,8 @@ class KnownPeers:
 
         A file that cannot be read or understood is logged at WARNING and set
         aside (renamed ``*.bad``) rather than trusted or silently overwritten.
+        Temporary files that writes cut short left beside it are removed: load
+        only a file this process owns (the messenger holds its identity's lock).
         """
         known = cls(path)
         if path is None:
