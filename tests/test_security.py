@@ -311,32 +311,43 @@ async def test_a_slow_disk_does_not_hold_up_the_node_while_it_saves_known_peers(
     writing = threading.Event()
     release = threading.Event()
     write = KnownPeers.write
+    text = Snapshot.text
+    made_in: list[threading.Thread] = []
 
     def slow_write(self: KnownPeers, snapshot: Snapshot) -> None:
         writing.set()
         release.wait(10)  # (bounded: were it on the event loop, the test still ends)
         write(self, snapshot)
 
+    def recorded_text(snapshot: Snapshot) -> str:
+        made_in.append(threading.current_thread())
+        return text.fget(snapshot)  # type: ignore[attr-defined, no-any-return]
+
     monkeypatch.setattr(KnownPeers, "write", slow_write)
+    monkeypatch.setattr(Snapshot, "text", property(recorded_text))
     path = tmp_path / "bob.key.known.json"
     bob_config = make_config(identity=Identity.load_or_create(tmp_path / "bob.key"))
-    async with (
-        open_messenger("Bob", bob_config) as bob,
-        open_messenger("Alice", make_config()) as alice,
-    ):
-        with trio.fail_after(5):
-            peer = await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
-            await trio.to_thread.run_sync(writing.wait, 5)
-        # the save of Alice is stuck on the disk: Bob answers all the same
-        with trio.fail_after(2):
-            await alice.send_text_message(peer.id, "still there?")
-            assert await texts(bob, 1) == ["still there?"]
-        assert not path.exists()
-        release.set()
-        with trio.fail_after(5):
-            while not path.exists():  # noqa: ASYNC110 (a file)
-                await trio.sleep(0.01)
+    with trio.fail_after(20):
+        async with (
+            open_messenger("Bob", bob_config) as bob,
+            open_messenger("Alice", make_config()) as alice,
+        ):
+            with trio.fail_after(5):
+                peer = await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                await trio.to_thread.run_sync(writing.wait, 5)
+            # the save of Alice is stuck on the disk: Bob answers all the same
+            with trio.fail_after(2):
+                await alice.send_text_message(peer.id, "still there?")
+                assert await texts(bob, 1) == ["still there?"]
+            assert not path.exists()
+            release.set()
+            with trio.fail_after(5):
+                while not path.exists():  # noqa: ASYNC110 (a file)
+                    await trio.sleep(0.01)
     assert str(alice.peer_id) in path.read_text()
+    # the file's text was made in the worker threads too, not on the event loop
+    assert made_in
+    assert threading.main_thread() not in made_in
 
 
 def test_an_older_known_peers_write_never_replaces_a_newer_one(tmp_path: pathlib.Path) -> None:
