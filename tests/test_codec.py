@@ -661,6 +661,7 @@ def _receive_as_the_reader_does(decoder: FrameDecoder, stream: bytes) -> list[Fr
     position = 0
     while position < len(stream):
         with decoder.receive_buffer(max(decoder.missing, 65536)) as room:
+            assert len(room)  # (an empty room would read 0 bytes: the end, or a hang here)
             filled = min(len(room), len(stream) - position)
             room[:filled] = stream[position : position + filled]
         position += filled
