@@ -278,9 +278,9 @@ def _data(
     message_id = _uuid(raw_id)
     if not isinstance(name, str):
         _fail("text", name)
-    timestamp = seconds if type(seconds) is float else _float(seconds, None)
-    if not -1e10 < timestamp < 1e11:  # also refuses NaN and infinities
-        raise ValueError(f"timestamp out of range: {timestamp!r}")
+    timestamp = (
+        seconds if type(seconds) is float and -1e10 < seconds < 1e11 else _timestamp(seconds)
+    )
     number = seq if type(seq) is int and 0 <= seq <= _MAX_SEQ else _check_seq(_int(seq, None))
     return Data(number, Message(message_id, sender_id, name, timestamp, Text(text)))
 
