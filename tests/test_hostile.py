@@ -490,3 +490,58 @@ async def test_a_broken_handshake_from_the_dialled_side_is_a_handshake_error(
             assert a.connected_peers() == []
         for listener in listeners:
             await listener.aclose()
+
+
+async def test_a_stream_of_tiny_records_cannot_hold_the_event_loop(
+    make_config: ConfigFactory,
+) -> None:
+    """A large frame sent one byte per encrypted record keeps the reader busy,
+    opening records, for as long as they come: it must let other tasks run."""
+    records = 400_000
+    with trio.fail_after(30):
+        async with open_messenger("Alice", make_config()) as a:
+            stream, mallory = await mallory_connection(a)
+            assert isinstance(stream, SecureStream)
+            await stream.send_all(encode_frame(hello_from(mallory)))
+            await receive_hello(stream, FrameDecoder(1 << 20))
+            # the head of a 1 MiB frame, then its body one byte per record
+            await stream.send_all(struct.pack(">I", 1 << 20) + b"\xa1")
+            sealer = stream._sealer
+            flood = b"".join([bytes(sealer.seal(b"\x00")) for _ in range(records)])
+            raw = socket.socket(fileno=os.dup(stream.transport.socket.fileno()))  # type: ignore[attr-defined]
+            raw.setblocking(True)
+            longest = 0.0
+
+            async def ticker() -> None:
+                nonlocal longest
+                while True:
+                    before = trio.current_time()
+                    await trio.sleep(0.001)
+                    longest = max(longest, trio.current_time() - before)
+
+            with raw:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ticker)
+                    await trio.to_thread.run_sync(raw.sendall, flood)
+                    await trio.sleep(0.3)  # (the rest is opened meanwhile)
+                    nursery.cancel_scope.cancel()
+            assert longest < 0.1, f"the event loop stood still for {longest:.3f} s"
+            assert a.connected_peers()[0].id == mallory  # (a slow peer, not a broken one)
+            await stream.aclose()
+
+
+async def test_an_empty_record_ends_the_connection(make_config: ConfigFactory) -> None:
+    with trio.fail_after(10):
+        async with open_messenger("Alice", make_config()) as a:
+            stream, mallory = await mallory_connection(a)
+            assert isinstance(stream, SecureStream)
+            await stream.send_all(encode_frame(hello_from(mallory)))
+            await receive_hello(stream, FrameDecoder(1 << 20))
+            sealer = stream._sealer
+            tag = bytearray(16)  # what sealing nothing gives: the tag alone
+            sealer._encrypt_into(bytes(4) + sealer.counter.to_bytes(8, "big"), b"", None, tag)
+            await stream.transport.send_all(struct.pack(">H", len(tag)) + tag)
+            await closed_by_peer(stream)
+            event = await wait_for(a, PeerDisconnected, peer=mallory)
+            assert "holds no plaintext" in event.reason
+            assert a.statistics().connections_failed["protocol"] == 1

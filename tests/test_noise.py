@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import struct
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from trio_p2p._noise import (
 )
 from trio_p2p._secure import (
     INITIAL_RECEIVE_BUFFER,
+    OPEN_AT_ONCE,
     RECEIVE_BUFFER,
     SecureStream,
     StreamIO,
@@ -263,6 +265,14 @@ def test_reordered_or_replayed_records_fail() -> None:
         opener.open(memoryview(first))
 
 
+def test_an_empty_record_is_refused() -> None:
+    key = os.urandom(32)
+    sealer = Sealer(key)
+    assert len(sealer.seal(b"")) == 0  # nothing is sealed as nothing
+    with pytest.raises(ProtocolError, match="no plaintext"):
+        Opener(key).next_record(struct.pack(">H", TAG_SIZE) + bytes(TAG_SIZE))
+
+
 # ------------------------------------------------------------ the secure stream
 
 
@@ -370,3 +380,24 @@ def test_record_overhead() -> None:
     assert Sealer.sealed_size(MAX_RECORD_PLAINTEXT + 1) == MAX_RECORD_PLAINTEXT + 1 + 2 * (
         RECORD_HEADER + TAG_SIZE
     )
+
+
+async def test_one_receive_opens_a_bounded_number_of_records() -> None:
+    with trio.fail_after(10):
+        a, b = await secure_pair()
+        count = 3 * OPEN_AT_ONCE + 5
+        for _ in range(count):  # a record each
+            await a.send_all(b"x")
+        room = bytearray(count)
+        sizes: list[int] = []
+        total = 0
+        while total < count:
+            placed = (
+                b.receive_nowait(memoryview(room))
+                if sizes
+                else await b.receive_into(memoryview(room))
+            )
+            sizes.append(placed)
+            total += placed
+        assert max(sizes) <= OPEN_AT_ONCE
+        assert total == count

@@ -98,6 +98,11 @@ HELLO_LIMIT = 4096
 RECEIVE_SIZE = 64 * 1024
 #: Bytes asked of the stream at most, to finish a large frame.
 MAX_RECEIVE_SIZE = 1024 * 1024 + 4096
+#: Seconds the reader may go on receiving without waiting (while the rest of a
+#: large frame is there to take) before it lets the other tasks run: a peer
+#: whose data keeps coming cannot hold the event loop (say, with a flood of
+#: tiny encrypted records, each costing work to open).
+NOWAIT_SPAN = 0.005
 #: Unwritten bytes queued for a peer beyond which ``send_nowait`` raises
 #: ``WouldBlock`` and ``send`` waits for the writer: memory stays bounded whatever
 #: the messages' size, and a producer that sends without checkpoints lets the
@@ -760,6 +765,8 @@ class PeerConnection:
         session = self.session
         receive_into = self._receive_into
         receive_nowait = self._receive_nowait
+        current_time = trio.current_time
+        waited = current_time()
         while True:
             # Ask for the rest of a large frame in one receive (a file chunk).
             missing = decoder.missing
@@ -767,7 +774,11 @@ class PeerConnection:
             if receive_into is not None:
                 with decoder.receive_buffer(size) as room:
                     size = len(room)  # (less where the rest of a frame fits)
-                    if missing > RECEIVE_SIZE and receive_nowait is not None:
+                    if (
+                        missing > RECEIVE_SIZE
+                        and receive_nowait is not None
+                        and current_time() - waited < NOWAIT_SPAN
+                    ):
                         # The rest of a large frame under way (a file chunk): no
                         # task switch unless it must wait. (Not for small frames:
                         # a stream of messages gains from the switch, which lets
@@ -776,8 +787,10 @@ class PeerConnection:
                             count = receive_nowait(room)
                         except BlockingIOError:
                             count = await receive_into(room)
+                            waited = current_time()
                     else:
                         count = await receive_into(room)
+                        waited = current_time()
             else:
                 data = await stream.receive_some(size)
                 count = len(data)

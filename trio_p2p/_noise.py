@@ -339,15 +339,17 @@ class Opener:
         Only ``data[start:end]`` is looked at (*end* -1: to the end of *data*).
 
         Raises:
-            ProtocolError: the record is too short to hold a tag.
+            ProtocolError: the record is too short to hold a tag and a byte
+                (trio_p2p never seals an empty record: a stream of them would
+                keep a receiver busy for nothing).
         """
         if end < 0:
             end = len(data)
         if end - start < RECORD_HEADER:
             return 0
         length = (data[start] << 8) | data[start + 1]
-        if length < TAG_SIZE:
-            raise ProtocolError(f"a record of {length} bytes cannot hold its tag")
+        if length <= TAG_SIZE:
+            raise ProtocolError(f"a record of {length} bytes holds no plaintext")
         size = RECORD_HEADER + length
         return size if end - start >= size else 0
 

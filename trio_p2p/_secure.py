@@ -52,6 +52,9 @@ RECEIVE_BUFFER = 1024 * 1024 + MAX_RECORD
 #: Ciphertext read at most at once: opened while it is still in the cache (a
 #: reader that asks for a whole file chunk gets it in a few calls).
 RAW_READ = 256 * 1024
+#: Records opened at most per receive: bulk data comes in 16 to the MiB, but a
+#: peer may send a byte a record, and one receive must not take long.
+OPEN_AT_ONCE = 256
 
 
 class RawIO(Protocol):
@@ -337,7 +340,11 @@ class SecureStream(trio.abc.Stream):
         start, end = self._start, self._end
         room_size = len(room)
         next_record = opener.next_record
+        opened = 0
         while size := next_record(data, start, end):
+            if opened == OPEN_AT_ONCE:
+                break  # enough work for one call (a peer may send tiny records)
+            opened += 1
             plain = size - RECORD_HEADER - TAG_SIZE
             if plain <= room_size - placed:
                 placed += opener.open_into(view[start : start + size], room[placed:])
