@@ -42,6 +42,8 @@ from trio_p2p._messages import (
     FileReject,
     FileVerdict,
     Frame,
+    Goodbye,
+    GoodbyeCode,
     Hello,
     Ping,
     Pong,
@@ -80,8 +82,10 @@ class RawPeer:
 
 
 @asynccontextmanager
-async def raw_peer(node: Messenger, name: str = "Mallory") -> AsyncIterator[RawPeer]:
-    stream, identity = await secure_dial_raw(node.tcp_port)
+async def raw_peer(
+    node: Messenger, name: str = "Mallory", identity: Identity | None = None
+) -> AsyncIterator[RawPeer]:
+    stream, identity = await secure_dial_raw(node.tcp_port, identity)
     async with stream:
         hello = Hello(PROTOCOL_VERSION, identity.peer_id, os.urandom(16), name, 1234, 1 << 24)
         await stream.send_all(encode_frame(hello))
@@ -262,3 +266,26 @@ async def test_refusals_cannot_flood_the_log(
             assert "larger than this node accepts" in failed.error.reason
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert 0 < len(refusals) <= 11
+
+
+async def test_a_completed_transfer_offered_again_and_cancelled_at_once_is_harmless(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    """The node answers a re-offer of a file it saved from what it kept; a
+    cancel in the same read as that offer used to crash the whole node."""
+    with trio.fail_after(20):
+        async with open_messenger("Bob", make_config(download_dir=tmp_path)) as bob:
+            mallory = Identity.generate()
+            tid = uuid.uuid4()
+            async with raw_peer(bob, identity=mallory) as peer:
+                await peer.send(offer("ok.txt", 0, tid))
+                await peer.receive(FileAccept)
+                await peer.send(FileEnd(tid, EMPTY_DIGEST))
+                verdict = await peer.receive(FileVerdict)
+                assert isinstance(verdict, FileVerdict)
+                assert verdict.verified
+                await peer.send(Goodbye(GoodbyeCode.CLOSING, "bye"))
+            async with raw_peer(bob, identity=mallory) as peer:
+                await peer.send(offer("ok.txt", 0, tid), FileCancel(tid, "never mind"))
+                await still_serving(bob, peer)
+            assert names(tmp_path) == ["ok.txt"]

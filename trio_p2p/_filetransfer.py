@@ -681,6 +681,8 @@ class FileService:
         """
         conn, transfer = incoming.conn, incoming.transfer
         try:
+            if transfer.phase is not Phase.OFFERED:
+                return  # the peer cancelled it already (in the same read as the offer)
             with contextlib.suppress(PeerNotConnectedError):
                 conn.send_frame_nowait(transfer.accept(transfer.size))
                 with trio.move_on_after(self.config.transfer_idle_timeout):
