@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 import trio_p2p._filetransfer as filetransfer
 from trio_p2p import (
+    FileOffered,
     FileTransferFailed,
     Messenger,
     PeerDisconnected,
@@ -36,6 +37,7 @@ from trio_p2p._messages import (
     PROTOCOL_VERSION,
     FileAccept,
     FileCancel,
+    FileChunk,
     FileConfirm,
     FileEnd,
     FileOffer,
@@ -289,3 +291,43 @@ async def test_a_completed_transfer_offered_again_and_cancelled_at_once_is_harml
                 await peer.send(offer("ok.txt", 0, tid), FileCancel(tid, "never mind"))
                 await still_serving(bob, peer)
             assert names(tmp_path) == ["ok.txt"]
+
+
+async def test_an_accepted_offer_cannot_become_another_file_when_it_carries_on(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    """A transfer cut off is carried on when its sender offers it again, without
+    asking the application a second time: only if it is the same file."""
+    config = make_config(download_dir=tmp_path, auto_accept_files=False)
+    with trio.fail_after(20):
+        async with open_messenger("Bob", config) as bob:
+            mallory = Identity.generate()
+            tid = uuid.uuid4()
+            async with raw_peer(bob, identity=mallory) as peer:
+                await peer.send(FileOffer(tid, "notes.txt", 3, MiB, 1))
+                offered = await wait_for(bob, FileOffered)
+                assert offered.transfer.filename == "notes.txt"
+                bob.accept_file(tid)
+                await peer.receive(FileAccept)
+                await peer.send(FileChunk(tid, 0, b"n"))
+                await still_serving(bob, peer)
+            # (the connection broke: the transfer waits to be offered again)
+            await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
+            async with raw_peer(bob, identity=mallory) as peer:
+                await peer.send(FileOffer(tid, "payload.exe", 5 * MiB, MiB, 2))
+                answer = await peer.receive(FileAccept, FileReject)
+                assert isinstance(answer, FileReject)
+                assert "another file" in answer.reason
+            await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
+            async with raw_peer(bob, identity=mallory) as peer:
+                # the same file is carried on from where it was
+                await peer.send(FileOffer(tid, "notes.txt", 3, MiB, 1))
+                answer = await peer.receive(FileAccept, FileReject)
+                assert answer == FileAccept(tid, 1)
+                await peer.send(
+                    FileChunk(tid, 1, b"ot"), FileEnd(tid, blake3.blake3(b"not").digest())
+                )
+                verdict = await peer.receive(FileVerdict)
+                assert isinstance(verdict, FileVerdict)
+                assert verdict.verified
+            assert names(tmp_path) == ["notes.txt"]

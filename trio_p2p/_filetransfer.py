@@ -258,6 +258,9 @@ class _Suspended:
     record: Transfer
     progress: _Progress | None
     failure: TransferError
+    #: the offered file's modification time (with the record's name and size,
+    #: what an offer to continue it must repeat)
+    mtime_ns: int
 
 
 class FileService:
@@ -599,13 +602,20 @@ class FileService:
             self._nursery.start_soon(self._confirm_again, incoming, completed[1])
             return
         suspended = self._suspended.get(transfer.id)
-        continues = (
-            suspended if suspended is not None and suspended.peer_id == conn.peer_id else None
-        )
-        if continues is not None:
-            del self._suspended[transfer.id]
-            record = continues.record
-        refusal = self._refusal(conn, transfer)
+        continues = None
+        refusal = ""
+        if suspended is not None and suspended.peer_id == conn.peer_id:
+            if (suspended.record.filename, suspended.record.size, suspended.mtime_ns) == (
+                transfer.name,
+                transfer.size,
+                transfer.mtime_ns,
+            ):
+                del self._suspended[transfer.id]
+                continues = suspended
+                record = continues.record
+            else:  # (accepted as that file: it may not become another one)
+                refusal = "the transfer it continues was of another file"
+        refusal = refusal or self._refusal(conn, transfer)
         if refusal:
             refused.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
             # Awaited: a peer that offers without reading the answers is held back,
@@ -746,7 +756,9 @@ class FileService:
             and len(self._suspended) < limit
         ):
             # Its session may carry on: wait for the sender to offer it again.
-            suspended = _Suspended(conn.peer_id, incoming.record, work.progress, failure)
+            suspended = _Suspended(
+                conn.peer_id, incoming.record, work.progress, failure, transfer.mtime_ns
+            )
             self._suspended[transfer.id] = suspended
             self._nursery.start_soon(self._expire, transfer.id, suspended)
             logger.info("receiving %s from %s waits: %s", transfer.name, conn.peer.name, failure)
