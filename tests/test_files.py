@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import unicodedata
+import uuid
 
 import pytest
 from hypothesis import example, given, settings
@@ -136,12 +137,13 @@ def test_unique_path_never_names_an_existing_file(tmp_path: pathlib.Path) -> Non
     assert len(other.name.encode()) <= MAX_NAME_BYTES
 
 
-DESCRIBES: dict[str, object] = {"sender": "Alice", "name": "a.bin", "size": 10, "mtime_ns": 1}
+SENDER = uuid.UUID(int=1)
+DESCRIBES: dict[str, object] = {"sender": str(SENDER), "name": "a.bin", "size": 10, "mtime_ns": 1}
 
 
 def test_a_partial_resumes_only_the_same_file(tmp_path: pathlib.Path) -> None:
     folder = DownloadFolder(tmp_path / "dl", 0)
-    key = resume_key("Alice", "a.bin", 10, 1)
+    key = resume_key(SENDER, "a.bin", 10, 1)
     partial = folder.open_partial(key, DESCRIBES, 10)
     assert partial.offset == 0
     assert partial.sidecar.exists()  # written before any data
@@ -162,7 +164,7 @@ def test_a_partial_resumes_only_the_same_file(tmp_path: pathlib.Path) -> None:
 def test_finishing_never_overwrites(tmp_path: pathlib.Path) -> None:
     folder = DownloadFolder(tmp_path, 0)
     (tmp_path / "a.bin").write_bytes(b"precious")
-    partial = folder.open_partial(resume_key("A", "a.bin", 3, 0), DESCRIBES, 3)
+    partial = folder.open_partial(resume_key(SENDER, "a.bin", 3, 0), DESCRIBES, 3)
     partial.file.write(b"new")
     saved = folder.finish(partial, "../a.bin")
     assert saved == tmp_path / "a (1).bin"
@@ -172,9 +174,9 @@ def test_finishing_never_overwrites(tmp_path: pathlib.Path) -> None:
 
 def test_discard_and_sweep_remove_only_partials(tmp_path: pathlib.Path) -> None:
     folder = DownloadFolder(tmp_path, 0)
-    old = folder.open_partial(resume_key("A", "old", 1, 0), DESCRIBES, 1)
+    old = folder.open_partial(resume_key(SENDER, "old", 1, 0), DESCRIBES, 1)
     old.file.close()
-    fresh = folder.open_partial(resume_key("A", "new", 1, 0), DESCRIBES, 1)
+    fresh = folder.open_partial(resume_key(SENDER, "new", 1, 0), DESCRIBES, 1)
     fresh.file.close()
     (tmp_path / "mine.txt").write_text("not ours to remove")
     (tmp_path / ".hidden").write_text("not ours either")
@@ -184,7 +186,7 @@ def test_discard_and_sweep_remove_only_partials(tmp_path: pathlib.Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [".hidden", "mine.txt", fresh.path.name, fresh.sidecar.name]
     )
-    folder.discard(folder.open_partial(resume_key("A", "new", 1, 0), DESCRIBES, 1))
+    folder.discard(folder.open_partial(resume_key(SENDER, "new", 1, 0), DESCRIBES, 1))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "mine.txt"]
     assert DownloadFolder(tmp_path / "missing", 0).sweep(ttl=1) == 0
 
@@ -200,6 +202,6 @@ def test_a_dangling_link_counts_as_taken(tmp_path: pathlib.Path) -> None:
     (tmp_path / "a.txt").symlink_to(tmp_path / "nowhere")
     assert unique_path(tmp_path, "a.txt") == tmp_path / "a (1).txt"
     folder = DownloadFolder(tmp_path, 0)
-    partial = folder.open_partial(resume_key("A", "a.txt", 1, 0), DESCRIBES, 1)
+    partial = folder.open_partial(resume_key(SENDER, "a.txt", 1, 0), DESCRIBES, 1)
     partial.file.write(b"x")
     assert folder.finish(partial, "a.txt") == tmp_path / "a (1).txt"  # and it returns

@@ -331,3 +331,30 @@ async def test_an_accepted_offer_cannot_become_another_file_when_it_carries_on(
                 assert isinstance(verdict, FileVerdict)
                 assert verdict.verified
             assert names(tmp_path) == ["notes.txt"]
+
+
+async def test_a_peer_taking_another_ones_name_does_not_reach_its_partials(
+    make_config: ConfigFactory, tmp_path: pathlib.Path
+) -> None:
+    """Partials belong to the sender's id: a name proves nothing."""
+    with trio.fail_after(20):
+        async with open_messenger("Bob", make_config(download_dir=tmp_path)) as bob:
+            alice = Identity.generate()
+            async with raw_peer(bob, "Alice", alice) as peer:
+                tid = uuid.uuid4()
+                await peer.send(FileOffer(tid, "f.bin", 4, MiB, 1))
+                assert await peer.receive(FileAccept) == FileAccept(tid, 0)
+                await peer.send(FileChunk(tid, 0, b"ab"))
+                await still_serving(bob, peer)
+            await wait_for(bob, PeerDisconnected, peer=alice.peer_id)
+            async with raw_peer(bob, "Alice") as mallory:  # another key
+                tid = uuid.uuid4()
+                await mallory.send(FileOffer(tid, "f.bin", 4, MiB, 1))
+                assert await mallory.receive(FileAccept) == FileAccept(tid, 0)
+                await mallory.send(FileCancel(tid, "never mind"))
+                await still_serving(bob, mallory)
+            await wait_for(bob, PeerDisconnected)
+            async with raw_peer(bob, "Alice", alice) as peer:  # Alice again: she resumes
+                tid = uuid.uuid4()
+                await peer.send(FileOffer(tid, "f.bin", 4, MiB, 1))
+                assert await peer.receive(FileAccept) == FileAccept(tid, 2)

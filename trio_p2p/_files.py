@@ -22,6 +22,7 @@ import pathlib
 import shutil
 import time
 import unicodedata
+import uuid
 from typing import BinaryIO
 
 import attrs
@@ -140,15 +141,17 @@ def unique_path(folder: pathlib.Path, name: str) -> pathlib.Path:
         number += 1
 
 
-def resume_key(sender_name: str, name: str, size: int, mtime_ns: int) -> str:
+def resume_key(sender: uuid.UUID, name: str, size: int, mtime_ns: int) -> str:
     """What names the partial of one file from one sender.
 
-    The same sender name, offered file name, size and modification time give
+    The same sender (its node id, which only its key can claim: not its name,
+    which anyone may take), offered file name, size and modification time give
     the same key, so a new offer of a file that was interrupted finds its
-    partial (even across restarts of either node). The final digest catches a
-    partial that was not the same file after all.
+    partial (even across restarts of either node, as long as the sender keeps
+    its identity). The final digest catches a partial that was not the same
+    file after all.
     """
-    return blake3.blake3(cbor2.dumps([sender_name, name, size, mtime_ns])).hexdigest()[:32]
+    return blake3.blake3(cbor2.dumps([sender.bytes, name, size, mtime_ns])).hexdigest()[:32]
 
 
 def hash_range(file: BinaryIO, length: int, hasher: blake3.blake3) -> None:

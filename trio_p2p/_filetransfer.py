@@ -722,9 +722,7 @@ class FileService:
 
     async def _receive_steps(self, incoming: _Incoming) -> None:
         conn, transfer = incoming.conn, incoming.transfer
-        work = _Receiving(
-            resume_key(conn.peer.name, transfer.name, transfer.size, transfer.mtime_ns)
-        )
+        work = _Receiving(resume_key(conn.peer_id, transfer.name, transfer.size, transfer.mtime_ns))
         try:
             failure = await self._run_receive(incoming, work)
         except BaseException:  # cancelled with the messenger
@@ -817,7 +815,7 @@ class FileService:
         self._receiving.add(work.key)
         work.claimed = True
         describes: dict[str, object] = {
-            "sender": conn.peer.name,
+            "sender": str(conn.peer_id),
             "name": transfer.name,
             "size": transfer.size,
             "mtime_ns": transfer.mtime_ns,
