@@ -24,8 +24,14 @@ from trio_p2p import (
     _connection,
 )
 from trio_p2p._codec import FrameDecoder, encode_data, encode_frame
-from trio_p2p._connection import CHUNK_SLOTS, QUEUE_LIMIT, receive_hello, send_frame
-from trio_p2p._messages import Data, FileChunk, Goodbye, GoodbyeCode, Message, Ping
+from trio_p2p._connection import (
+    CHUNK_SLOTS,
+    QUEUE_LIMIT,
+    STALLED_QUEUE,
+    receive_hello,
+    send_frame,
+)
+from trio_p2p._messages import Data, FileChunk, FileReject, Goodbye, GoodbyeCode, Message, Ping
 
 from .conn_helpers import (
     LIMIT,
@@ -149,6 +155,41 @@ async def test_unwritten_bytes_bound_nowait_sends_and_send_waits_for_the_writer(
             assert a.conn.session.in_flight == first + 1 + second
             assert len(a.conn._outgoing) < QUEUE_LIMIT + 1100
             nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_reading_none_of_the_answers_it_asks_for_is_disconnected(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """File-transfer answers are queued without waiting (a peer's offers are
+    answered as they come): a queue that only grows ends the connection."""
+    with trio.fail_after(60):
+        _, from_bob = trio.testing.memory_stream_one_way_pair()
+        a = make_side(
+            trio.StapledStream(StuckSend(), from_bob),
+            node("Alice"),
+            node("Bob"),
+            dialer=True,
+            interval=100,
+            timeout=1000,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            await trio.testing.wait_all_tasks_blocked()
+            queued: list[FileReject] = []
+
+            def refuse_many() -> None:
+                for _ in range(100_000):  # (bounded: a regression fails, not hangs)
+                    queued.append(FileReject(uuid.uuid4(), "x" * 500))
+                    a.conn.send_frame_nowait(queued[-1])
+
+            with pytest.raises(PeerNotConnectedError, match="reads nothing"):
+                refuse_many()
+            assert len(queued) > STALLED_QUEUE // 600
+            assert len(a.conn._outgoing) < a.conn.max_body + STALLED_QUEUE + 600
+            assert a.conn.failure == "stalled"
+        # (the connection ended: its run returned)
+        assert a.conn.reason is not None
+        assert "reads nothing of what it is sent" in a.conn.reason
 
 
 @settings(max_examples=60, deadline=None)

@@ -108,6 +108,11 @@ NOWAIT_SPAN = 0.005
 #: the messages' size, and a producer that sends without checkpoints lets the
 #: writer (and so the peer) work in step with it instead of after a full window.
 QUEUE_LIMIT = 64 * 1024
+#: Unwritten bytes, beyond a largest frame, at which a peer is taken to read
+#: nothing while it keeps asking for answers that are queued without waiting
+#: (a file transfer's accepts, refusals, confirmations): the connection ends
+#: instead of growing its queue.
+STALLED_QUEUE = 1024 * 1024
 #: A connection that has written nothing for this long is idle: ``send`` writes
 #: directly (see ``write_nowait``), which saves request/response traffic a task
 #: switch. On a connection that wrote more recently a producer is streaming: the
@@ -528,6 +533,17 @@ class PeerConnection:
             PeerNotConnectedError: the connection is closing or closed.
         """
         if not self.is_open:
+            raise PeerNotConnectedError(self.peer_id, self.reason or "the connection is closing")
+        if len(self._outgoing) > self._max_body + STALLED_QUEUE:
+            waiting = len(self._outgoing)
+            bad_input.warning(
+                "%s (%s) reads nothing of what it is sent (%d bytes wait): disconnected",
+                self.peer.name,
+                self.peer.address,
+                waiting,
+            )
+            self.failure = "stalled"
+            self._finish(f"the peer reads nothing of what it is sent ({waiting} bytes wait)")
             raise PeerNotConnectedError(self.peer_id, self.reason or "the connection is closing")
         self._queue(frame)
 

@@ -34,7 +34,8 @@ class Statistics:
         connections_accepted: connections that completed a handshake.
         connections_refused: connections closed before or during the handshake, by cause
             (each mapping reads 0 for a cause never counted).
-        connections_failed: connections ended by a protocol error, by cause.
+        connections_failed: connections ended by a protocol error (``protocol``), or
+            because the peer read nothing while its queue kept growing (``stalled``).
         datagrams_sent: beacons sent.
         datagram_send_errors: beacons that could not be sent.
         datagrams_received: datagrams read from the discovery socket.
