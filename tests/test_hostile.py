@@ -13,6 +13,7 @@ import sys
 import textwrap
 import uuid
 
+import attrs
 import cbor2
 import pytest
 import trio
@@ -545,3 +546,81 @@ async def test_an_empty_record_ends_the_connection(make_config: ConfigFactory) -
             event = await wait_for(a, PeerDisconnected, peer=mallory)
             assert "holds no plaintext" in event.reason
             assert a.statistics().connections_failed["protocol"] == 1
+
+
+async def test_a_stranger_cannot_make_a_node_dial_another_address_again_and_again(
+    make_config: ConfigFactory,
+) -> None:
+    """A peer with a key of its own connects, announces (signed, from a forged
+    source) that it is at someone else's address, and breaks the connection:
+    the node dials that address at most UNPROVEN_DIALS times, not until the
+    session's resume timeout."""
+    with trio.fail_after(20):
+        async with open_messenger("Alice", make_config(resume_timeout=30)) as a:
+            mallory = Identity.generate()
+            while mallory.peer_id < a.peer_id:  # (the smaller id dials again)
+                mallory = Identity.generate()
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.9")
+            port = listeners[0].socket.getsockname()[1]
+            dials: list[float] = []
+
+            async def someone_else(stream: trio.SocketStream) -> None:
+                dials.append(trio.current_time())
+                await trio.aclose_forcefully(stream)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, someone_else, listeners)
+                stream, _ = await secure_dial_raw(a.tcp_port, mallory)
+                hello = Hello(
+                    PROTOCOL_VERSION, mallory.peer_id, b"n" * 16, "Mallory", port, 1 << 20
+                )
+                await stream.send_all(encode_frame(hello))
+                await receive_hello(stream, FrameDecoder(1 << 20))
+
+                async def announce() -> None:
+                    target = ("127.255.255.255", a.config.discovery_port)
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                        udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                        udp.bind(("127.0.0.9", 0))
+                        while True:
+                            beacon = signed_beacon(
+                                identity=mallory, name="Mallory", port=port, sources=("127.0.0.9",)
+                            )
+                            udp.sendto(beacon, target)
+                            await trio.sleep(0.2)
+
+                nursery.start_soon(announce)
+                while not any(p.address == "127.0.0.9" for p in a.discovered_peers()):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                await trio.aclose_forcefully(stream)  # "broken": Alice keeps the session
+                event = await wait_for(a, PeerDisconnected, peer=mallory.peer_id)
+                assert event.resuming
+                await trio.sleep(5)  # (without the bound: a dial every 2 s at most)
+                nursery.cancel_scope.cancel()
+            assert 1 <= len(dials) <= 2, dials
+
+
+async def test_sessions_kept_for_broken_connections_are_bounded(
+    make_config: ConfigFactory,
+) -> None:
+    """Each broken connection's session waits (and dials) for its peer: at
+    most max_connections of them at once, however many connections break."""
+    with trio.fail_after(20):
+        async with open_messenger("Alice", make_config(max_connections=2)) as a:
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                # (something listens where the peers say they do: they seem alive)
+                nursery.start_soon(trio.serve_listeners, trio.aclose_forcefully, listeners)
+                resuming = []
+                for _ in range(3):
+                    stream, mallory = await secure_dial_raw(a.tcp_port)
+                    hello = attrs.evolve(hello_from(mallory.peer_id), port=port)
+                    await stream.send_all(encode_frame(hello))
+                    await receive_hello(stream, FrameDecoder(1 << 20))
+                    await trio.aclose_forcefully(stream)
+                    event = await wait_for(a, PeerDisconnected, peer=mallory.peer_id)
+                    resuming.append(event.resuming)
+                assert resuming == [True, True, False]
+                assert len(a._parked) == 2
+                nursery.cancel_scope.cancel()

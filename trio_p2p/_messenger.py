@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import ipaddress
@@ -78,6 +79,11 @@ HANDSHAKES_PER_ADDRESS = 8
 #: first failed attempt, twice as long after each next one, at most
 #: REDIAL_LONGEST, each wait drawn between half and one and a half times that.
 REDIAL_FIRST = 0.1
+#: Dials of a broken session's peer at an address no connection to it came
+#: from (where discovery saw it since: it moved, or its owner says it did). Any
+#: key owner may announce any address, so this bounds how often it can make
+#: this node dial someone else's.
+UNPROVEN_DIALS = 2
 REDIAL_LONGEST = 2.0
 #: why a parked session ends when its peer connects without carrying it on
 _NOT_RESUMED = "the peer came back without the session (restarted, or it gave the session up)"
@@ -578,8 +584,17 @@ class Messenger:
         return None
 
     def _will_park(self, conn: PeerConnection) -> bool:
-        """Whether the session of *conn*, which has ended, waits for the peer."""
-        return conn.resumable and not self._closing and self.config.resume_timeout > 0
+        """Whether the session of *conn*, which has ended, waits for the peer.
+
+        At most ``max_connections`` sessions wait at once (each may dial): a
+        stream of connections that break cannot pile them up.
+        """
+        return (
+            conn.resumable
+            and not self._closing
+            and self.config.resume_timeout > 0
+            and len(self._parked) < self.config.max_connections
+        )
 
     def _send_later(self, session: Session, max_body: int, content: Content) -> Message:
         """Number a message in a session without a connection.
@@ -1252,16 +1267,24 @@ class Messenger:
         The node with the smaller id dials (the rule that settles simultaneous
         dials), where discovery last saw the peer, else where it was connected;
         the other waits to be dialled, and only checks that something still
-        listens there. The session ends at its deadline, or as soon as nothing
-        listens where the peer was (its process ended: a new one would be a new
-        session anyway).
+        listens there. An address the peer was never connected at is dialled
+        at most ``UNPROVEN_DIALS`` times (its owner may announce anyone's). The
+        session ends at its deadline, or as soon as nothing listens where the
+        peer was (its process ended: a new one would be a new session anyway).
         """
         delay = REDIAL_FIRST
         gone = ""
         first = True
+        proven = (parked.peer.address, parked.peer.port)
+        unproven: collections.Counter[tuple[str, int]] = collections.Counter()
         with trio.move_on_at(parked.deadline):
             while self._parked.get(peer_id) is parked and not self._closing:
                 where = self._table.get(peer_id) or parked.peer
+                if (where.address, where.port) != proven:
+                    if unproven[where.address, where.port] >= UNPROVEN_DIALS:
+                        where = parked.peer
+                    else:
+                        unproven[where.address, where.port] += 1
                 try:
                     if self.peer_id < peer_id:
                         await self.connect_to_peer(where)
