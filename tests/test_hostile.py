@@ -624,3 +624,25 @@ async def test_sessions_kept_for_broken_connections_are_bounded(
                 assert resuming == [True, True, False]
                 assert len(a._parked) == 2
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_dial_by_address_is_not_answered_by_a_peer_claiming_that_port(
+    make_config: ConfigFactory,
+) -> None:
+    """Mallory, on Bob's address, dials Alice and claims Bob's port: Alice's
+    connect_to_peer((Bob's address, Bob's port)) still reaches Bob."""
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config()) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            stream, mallory = await secure_dial_raw(a.tcp_port)
+            hello = attrs.evolve(hello_from(mallory.peer_id), name="Bob", port=b.tcp_port)
+            await stream.send_all(encode_frame(hello))
+            await receive_hello(stream, FrameDecoder(1 << 20))
+            await wait_for(a, PeerConnected, peer=mallory.peer_id)
+            peer = await a.connect_to_peer(("127.0.0.1", b.tcp_port))
+            assert peer.id == b.peer_id
+            # and asked again, the connection it dialled is the one returned
+            assert (await a.connect_to_peer(("127.0.0.1", b.tcp_port))).id == b.peer_id
+            await stream.aclose()

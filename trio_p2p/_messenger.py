@@ -474,8 +474,15 @@ class Messenger:
     ) -> PeerConnection | None:
         if peer_id is not None:
             return self._open_connection(peer_id)
+        # Only a connection this node dialled there: a peer that dialled in may
+        # claim any port, and a node sharing its address could claim another's.
         for conn in self._connections.values():
-            if conn.is_open and conn.peer.address == host and conn.peer.port == port:
+            if (
+                conn.is_open
+                and conn.dialer
+                and conn.peer.address == host
+                and conn.peer.port == port
+            ):
                 return conn
         return None
 
