@@ -21,7 +21,7 @@ from trio_p2p import (
     PeerDisconnected,
     open_messenger,
 )
-from trio_p2p._trust import KnownPeer, KnownPeers, Snapshot
+from trio_p2p._trust import KNOWN_PEERS_KEPT, KnownPeer, KnownPeers, Snapshot
 
 from .conftest import ConfigFactory
 from .helpers import texts, wait_for
@@ -393,13 +393,41 @@ def test_known_peers_file(tmp_path: pathlib.Path) -> None:
     assert again.get(ids[0]) == KnownPeer(ids[0], "A2", "1", 10.0, 12.0)
     assert [p.peer_id for p in again.others_named("B", ids[2])] == [ids[1]]
     assert again.others_named("B", ids[1]) == []
-    # bounded: the least recently seen goes
+    # bounded: the least recently seen goes, if not seen lately
+    week = KNOWN_PEERS_KEPT
     small = KnownPeers(None, limit=2)
-    for i, peer_id in enumerate(ids):
-        small.remember(peer_id, "x", "f", now=float(i))
+    for peer_id, seen in zip(ids, [0, 2 * week, 2.5 * week], strict=True):
+        assert small.remember(peer_id, "x", "f", now=seen)
     assert ids[0] not in small
     assert len(small) == 2
+    # a full table of peers seen lately takes no new one (a flood of new keys
+    # cannot push out the peers it knows)
+    assert not small.remember(uuid.uuid4(), "y", "f", now=2.6 * week)
+    assert set(small._peers) == set(ids[1:])
     # a damaged file is set aside, not trusted
     path.write_text("{not json")
     assert len(KnownPeers.load(path)) == 0
     assert path.with_name(path.name + ".bad").exists()
+
+
+async def test_a_second_key_under_a_name_in_use_is_flagged_every_time(
+    make_config: ConfigFactory,
+) -> None:
+    """While the first Alice is still about, a second key calling itself Alice
+    is flagged at each connection, even if it first came under another name."""
+    with trio.fail_after(15):
+        async with (
+            open_messenger("Bob", make_config()) as bob,
+            open_messenger("Alice", make_config()) as alice,
+        ):
+            await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+            await wait_for(bob, PeerConnected, peer=alice.peer_id)
+            mallory = Identity.generate()
+            for name in ("Eve", "Alice", "Alice"):
+                async with open_messenger(name, make_config(identity=mallory)) as node:
+                    await node.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                    met = await wait_for(bob, PeerConnected, peer=mallory.peer_id)
+                    assert met.peer.new_key == (name == "Alice")
+                await bob.send_text_message(alice.peer_id, "still here")  # (Alice is seen)
+                await bob.flush(alice.peer_id)
+                await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)

@@ -54,7 +54,9 @@ class PeerInfo:
         new_key: True for a connected peer whose name this node knew with
             another id (another key): an impostor, or the same node with a new
             key (an ephemeral identity is new on every run). Compare
-            fingerprints before trusting it.
+            fingerprints before trusting it. (Set at an id's first connection,
+            and at every later one while the other id is still seen; see
+            ``docs/security.rst``.)
     """
 
     id: uuid.UUID

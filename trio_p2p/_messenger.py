@@ -1057,7 +1057,20 @@ class Messenger:
 
     def _remember(self, peer_id: uuid.UUID, name: str, key: str) -> bool:
         """Remember a peer just connected; return whether its name came with a new key."""
-        others = [] if peer_id in self.known_peers else self.known_peers.others_named(name, peer_id)
+        # A new id under a known name is flagged; a known one too, whatever name
+        # it first had, while a key that had the name before it is still seen
+        # (two keys in use under one name; a node that merely got a new key
+        # leaves its old one unseen, and is flagged only the first time).
+        known = self.known_peers.get(peer_id)
+        others = [
+            p
+            for p in self.known_peers.others_named(name, peer_id)
+            if known is None
+            or (
+                p.first_seen < known.first_seen
+                and (p.last_seen > known.first_seen or p.peer_id in self._connections)
+            )
+        ]
         if others:
             logger.warning(
                 "peer %r (%s) has a name known with another key (id %s, fingerprint %s): "

@@ -19,14 +19,20 @@ import uuid
 
 import attrs
 
-from ._log import get_logger
+from ._log import RateLimitedWarnings, get_logger
 
 __all__ = ["KnownPeer", "KnownPeers", "Snapshot", "known_peers_path"]
 
 logger = get_logger("trust")
+#: (a flood of new keys against a full table is logged, but not line by line)
+full = RateLimitedWarnings(logger)
 
-#: Peers remembered at most; the least recently seen are forgotten first.
+#: Peers remembered at most; the least recently seen are forgotten first...
 KNOWN_PEERS_LIMIT = 4096
+#: ...but not one seen within this many seconds: a full table of peers seen
+#: lately takes no new ones (else a flood of new keys would push out the peers
+#: whose names the new-key flag protects).
+KNOWN_PEERS_KEPT = 7 * 24 * 3600
 _FORMAT_VERSION = 1
 
 
@@ -169,10 +175,20 @@ class KnownPeers:
         now = time.time() if now is None else now
         known = self._peers.get(peer_id)
         if known is None:
-            self._peers[peer_id] = KnownPeer(peer_id, name, fingerprint, now, now)
-            if len(self._peers) > self._limit:
+            if len(self._peers) >= self._limit:
                 stalest = min(self._peers.values(), key=lambda p: p.last_seen)
+                if stalest.last_seen > now - KNOWN_PEERS_KEPT:
+                    full.warning(
+                        "%s (%s) is not remembered: the %d known peers were all seen "
+                        "in the last %d days",
+                        name,
+                        peer_id,
+                        len(self._peers),
+                        KNOWN_PEERS_KEPT // 86400,
+                    )
+                    return False
                 del self._peers[stalest.peer_id]
+            self._peers[peer_id] = KnownPeer(peer_id, name, fingerprint, now, now)
             return True
         self._peers[peer_id] = attrs.evolve(known, name=name, last_seen=now)
         return known.name != name
