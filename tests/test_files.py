@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from trio_p2p._files import (
     MAX_NAME_BYTES,
+    PART_SUFFIX,
+    SIDECAR_SUFFIX,
     DownloadFolder,
     resume_key,
     safe_filename,
@@ -189,6 +191,27 @@ def test_discard_and_sweep_remove_only_partials(tmp_path: pathlib.Path) -> None:
     folder.discard(folder.open_partial(resume_key(SENDER, "new", 1, 0), DESCRIBES, 1))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "mine.txt"]
     assert DownloadFolder(tmp_path / "missing", 0).sweep(ttl=1) == 0
+
+
+def test_kept_partials_are_bounded_oldest_first_busy_ones_never(tmp_path: pathlib.Path) -> None:
+    folder = DownloadFolder(tmp_path, 0)
+    keys = [resume_key(SENDER, f"f{i}", 1, 0) for i in range(5)]
+    for i, key in enumerate(keys):
+        partial = folder.open_partial(key, DESCRIBES, 1)
+        partial.file.close()
+        for path in (partial.path, partial.sidecar):
+            os.utime(path, (1000 + i, 1000 + i))
+    (tmp_path / "mine.txt").write_text("not a partial")
+    newest = folder.open_partial(resume_key(SENDER, "new", 1, 0), DESCRIBES, 1)
+    newest.file.write(b"x")
+    # keys[0] is the oldest but under way: it stays; keys[1] and keys[2] go
+    assert folder.keep(newest, frozenset({keys[0]}), limit=3) == 2
+    assert newest.file.closed
+    left = {p.name for p in tmp_path.iterdir()}
+    for key in (keys[0], keys[3], keys[4], resume_key(SENDER, "new", 1, 0)):
+        assert f".{key}{PART_SUFFIX}" in left
+        assert f".{key}{SIDECAR_SUFFIX}" in left
+    assert len(left) == 9  # four partials with their sidecars, and mine.txt
 
 
 def test_room_is_checked_with_the_margin(tmp_path: pathlib.Path) -> None:

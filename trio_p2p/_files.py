@@ -43,6 +43,10 @@ __all__ = [
 
 #: Suffix of a partial file (the name is ``.<resume key>`` plus this).
 PART_SUFFIX = ".trio_p2p.part"
+#: Partial files kept to resume, at most (with those of transfers under way
+#: besides): the oldest go first. Many transfers broken off on purpose cannot
+#: pile up hidden files.
+PARTIALS_KEPT = 128
 #: Suffix of the sidecar that describes a partial file.
 SIDECAR_SUFFIX = ".trio_p2p.json"
 #: Bytes read per call when hashing a file.
@@ -287,6 +291,30 @@ class DownloadFolder:
         partial.file.close()
         partial.path.unlink(missing_ok=True)
         partial.sidecar.unlink(missing_ok=True)
+
+    def keep(self, partial: Partial, busy: frozenset[str], limit: int = PARTIALS_KEPT) -> int:
+        """Close *partial*, kept to resume; remove the oldest kept partials beyond *limit*.
+
+        *busy* names the keys of transfers under way (never removed). Returns
+        how many partials were removed.
+        """
+        partial.file.close()
+        kept: list[tuple[float, str]] = []
+        with contextlib.suppress(FileNotFoundError):
+            for path in self.folder.iterdir():
+                name = path.name
+                if name.startswith(".") and name.endswith(PART_SUFFIX):
+                    key = name[1 : -len(PART_SUFFIX)]
+                    if key not in busy and path != partial.path:
+                        with contextlib.suppress(FileNotFoundError):
+                            kept.append((path.stat().st_mtime, key))
+        kept.sort()
+        removed = 0
+        for _, key in kept[: max(0, len(kept) + 1 - limit)]:
+            for path in self._paths(key):
+                path.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def sweep(self, ttl: float, now: float | None = None) -> int:
         """Remove partials and sidecars untouched for *ttl* seconds; return how many."""

@@ -734,12 +734,20 @@ class FileService:
             partial = work.partial
             if partial is not None:
                 # an interrupted transfer keeps its partial, to resume (if it holds any)
-                keep = work.keep and transfer.received > 0
-                close = (
-                    partial.file.close if keep else functools.partial(self.folder.discard, partial)
-                )
+                if work.keep and transfer.received > 0:
+                    if work.claimed:
+                        self._receiving.discard(work.key)
+                        work.claimed = False
+                    busy = frozenset(self._receiving)
+                    close: Callable[[], int | None] = functools.partial(
+                        self.folder.keep, partial, busy
+                    )
+                else:
+                    close = functools.partial(self.folder.discard, partial)
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(close)
+                    removed = await trio.to_thread.run_sync(close)
+                if removed:
+                    logger.info("removed the %d oldest partial files (too many kept)", removed)
             if work.claimed:
                 self._receiving.discard(work.key)
             self._reserved -= work.reserved
