@@ -14,6 +14,7 @@ import trio.testing
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+import trio_p2p._connection as connection
 from trio_p2p import (
     DeliveryError,
     HandshakeError,
@@ -99,6 +100,31 @@ async def test_messages_arrive_in_order_and_are_acknowledged() -> None:
             assert a.conn.reason == "closed by this node: test over"
         assert b.conn.reason is not None
         assert "test over" in b.conn.reason
+
+
+async def test_message_text_waiting_for_the_application_is_bounded(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event channel is bounded by a number of events; the text of the
+    messages in it is bounded too: the reader waits for the application."""
+    monkeypatch.setattr(connection, "EVENT_TEXT_LIMIT", 10_000)
+    with trio.fail_after(60):
+        sa, sb = trio.testing.memory_stream_pair()
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, window=100, interval=100, timeout=1000)
+        b = make_side(sb, bob, alice, dialer=False, event_buffer=1000, interval=100, timeout=1000)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            for i in range(50):
+                await a.conn.send(Text(f"{i:04}" + "x" * 996))
+            await trio.sleep(5)  # the application reads nothing meanwhile
+            waiting = b.events.statistics().current_buffer_used
+            assert 9 <= waiting <= 11  # (10,000 characters), not all 50
+            texts = await received_texts(b, 50)
+            assert [t[:4] for t in texts] == [f"{i:04}" for i in range(50)]
+            await a.conn.flush()
+            nursery.cancel_scope.cancel()
 
 
 async def test_window_bounds_nowait_sends() -> None:

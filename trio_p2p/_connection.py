@@ -126,6 +126,13 @@ COALESCE_LIMIT = 256 * 1024
 COALESCE_TIME = 1e-3
 #: While the application holds the reader back, acknowledge every this many messages.
 ACK_WHILE_BLOCKED = 64
+#: Characters of message text placed in the event channel, by all of a
+#: messenger's connections, beyond which a reader waits until the application
+#: has taken every event: the channel's bound is a number of events, and 1024
+#: messages of the largest frame would hold 2 GiB.
+EVENT_TEXT_LIMIT = 32 * 1024 * 1024
+#: How often a reader held back by that limit looks whether the channel emptied.
+EVENT_TEXT_POLL = 0.002
 #: A reader held back by a full event channel of at least this capacity, once
 #: it could deliver again, waits for the application to take about half of the
 #: channel (estimated at CATCH_UP_PER_EVENT seconds an event, at most
@@ -198,6 +205,15 @@ class _Ended(Exception):
     def __init__(self, reason: str, *, resumable: bool = False) -> None:
         super().__init__(reason)
         self.resumable = resumable
+
+
+class EventText:
+    """Characters of message text placed in an event channel since it was last empty."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
 
 
 async def send_frame(stream: trio.abc.Stream, frame: Frame) -> None:
@@ -273,6 +289,8 @@ class PeerConnection:
             behind (an encrypting stream writes whole records: what the socket
             did not take waits there, and *send_all*, even of nothing, writes it
             first). The writer task then writes them.
+        event_text: the count of message text placed in *events*, shared by
+            the connections that place events there (a new one by default).
 
     Raises:
         ValueError: *session* belongs to another peer or process.
@@ -298,8 +316,10 @@ class PeerConnection:
         send_all: SendAll | None = None,
         session: Session | None = None,
         output_pending: Callable[[], bool] | None = None,
+        event_text: EventText | None = None,
     ) -> None:
         self.stream = stream
+        self._event_text = event_text if event_text is not None else EventText()
         self._output_pending = output_pending
         self._write_nowait = write_nowait
         self._receive_into = receive_into
@@ -860,6 +880,10 @@ class PeerConnection:
             session = self.session
             session.check_incoming(frame.seq)
             event = MessageReceived(message)
+            placed = self._event_text
+            placed.count += len(message.content.text)
+            if placed.count > EVENT_TEXT_LIMIT:
+                await self._wait_for_the_application(len(message.content.text))
             try:
                 self._events.send_nowait(event)
             except trio.WouldBlock:
@@ -915,6 +939,21 @@ class PeerConnection:
                     self._last_received = trio.current_time()
         else:
             raise ProtocolError(f"unexpected {type(frame).__name__} after the handshake")
+
+    async def _wait_for_the_application(self, size: int) -> None:
+        """Wait until the application has taken every event (see EVENT_TEXT_LIMIT)."""
+        session = self.session
+        if session.last_received > session.last_ack_sent:
+            self._want_ack()  # (what it has taken is acknowledged meanwhile)
+        self._reader_blocked = True
+        try:
+            # (polled: a memory channel tells no one when it is read)
+            while self._events.statistics().current_buffer_used:  # noqa: ASYNC110
+                await trio.sleep(EVENT_TEXT_POLL)
+        finally:
+            self._reader_blocked = False
+            self._last_received = trio.current_time()
+        self._event_text.count = size  # (all but this one's text has been taken)
 
     async def _heartbeat_loop(self) -> None:
         interval = self._heartbeat_interval

@@ -23,6 +23,7 @@ from ._codec import FrameDecoder, MessageIds, check_name
 from ._config import Config
 from ._connection import (
     HELLO_LIMIT,
+    EventText,
     LocalNode,
     PeerConnection,
     number_message,
@@ -329,6 +330,8 @@ class Messenger:
         self._failed: Counter[str] = Counter()
         self._drops: Counter[str] = Counter()
         self._outlet = _Outlet(self._event_send, self._counters)
+        #: message text in the event channel, counted by all connections
+        self._event_text = EventText()
         self._connections: dict[uuid.UUID, PeerConnection] = {}
         #: sessions of broken connections, waiting for their peers to come back
         self._parked: dict[uuid.UUID, _Parked] = {}
@@ -1168,6 +1171,7 @@ class Messenger:
             decoder=decoder,
             pending=pending,
             events=self._event_send,
+            event_text=self._event_text,
             send_window=self.config.send_window,
             heartbeat_interval=self.config.heartbeat_interval,
             heartbeat_timeout=self.config.heartbeat_timeout,
