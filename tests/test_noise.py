@@ -19,6 +19,7 @@ from noise.connection import Keypair, NoiseConnection
 from trio_p2p._errors import HandshakeError, ProtocolError
 from trio_p2p._identity import Identity
 from trio_p2p._noise import (
+    MAX_RECORD,
     MAX_RECORD_PLAINTEXT,
     RECORD_HEADER,
     TAG_SIZE,
@@ -326,6 +327,7 @@ async def test_bulk_data_grows_the_receive_buffer_once() -> None:
     with trio.fail_after(20):
         a, b = await secure_pair()
         assert len(b._in) == INITIAL_RECEIVE_BUFFER
+        b.allow_bulk()  # (until then, it grows to a record's size at most)
         big = os.urandom(40 * MAX_RECORD_PLAINTEXT + 5)
         got = bytearray()
         room = bytearray(300_000)
@@ -401,3 +403,18 @@ async def test_one_receive_opens_a_bounded_number_of_records() -> None:
             total += placed
         assert max(sizes) <= OPEN_AT_ONCE
         assert total == count
+
+
+async def test_before_bulk_is_allowed_the_buffer_holds_a_record_at_most() -> None:
+    with trio.fail_after(10):
+        a, b = await secure_pair()
+        big = os.urandom(10 * MAX_RECORD_PLAINTEXT)
+        got = bytearray()
+        room = bytearray(300_000)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.send_all, big)
+            while len(got) < len(big):
+                count = await b.receive_into(memoryview(room))
+                got += room[:count]
+                assert len(b._in) <= MAX_RECORD
+        assert got == big

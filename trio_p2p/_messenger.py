@@ -1160,6 +1160,7 @@ class Messenger:
         if isinstance(channel, SecureStream):
             io = channel
             output_pending = channel.output_pending
+            channel.allow_bulk()
         else:
             io = SocketIO(stream.socket)
         conn = PeerConnection(

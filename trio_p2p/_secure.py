@@ -260,6 +260,9 @@ class SecureStream(trio.abc.Stream):
         #: the rest of the records of a write that the socket took only in part
         self._backlog = b""
         self._in = bytearray(max(INITIAL_RECEIVE_BUFFER, len(received)))
+        #: the size the receive buffer may grow to: a record's at first (a peer
+        #: not yet past its hello cannot make this node hold a bulk buffer)
+        self._buffer_limit = MAX_RECORD
         self._in[: len(received)] = received
         self._in_view = memoryview(self._in)
         self._start = 0
@@ -270,6 +273,10 @@ class SecureStream(trio.abc.Stream):
         self._left_end = 0
 
     # ------------------------------------------------------------ sending
+
+    def allow_bulk(self) -> None:
+        """Let the receive buffer grow to take bulk data (once the peer is known)."""
+        self._buffer_limit = RECEIVE_BUFFER
 
     def output_pending(self) -> bool:
         """Whether records of an earlier :meth:`write_nowait` still wait to be written.
@@ -382,9 +389,9 @@ class SecureStream(trio.abc.Stream):
             self._grow()
 
     def _grow(self) -> None:
-        if len(self._in) >= RECEIVE_BUFFER:
+        if len(self._in) >= self._buffer_limit:
             return
-        grown = bytearray(RECEIVE_BUFFER)
+        grown = bytearray(self._buffer_limit)
         kept = self._end - self._start
         grown[:kept] = self._in_view[self._start : self._end]
         self._in, self._in_view = grown, memoryview(grown)
