@@ -50,14 +50,16 @@ def signed_beacon(
 
 
 async def secure_dial_raw(
-    port: int, identity: Identity | None = None
+    port: int, identity: Identity | None = None, *, source: str | None = None
 ) -> tuple[SecureStream, Identity]:
     """Dial the node at *port* on loopback and run the secure handshake as *identity*.
 
-    What is sent afterwards is up to the caller (a hostile peer may send anything).
+    *source* is the loopback address to dial from (the kernel's choice by
+    default). What is sent afterwards is up to the caller (a hostile peer may
+    send anything).
     """
     identity = identity or Identity.generate()
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
     try:
         secure, _ = await secure_dial(
             stream, StreamIO(stream), identity, X25519PrivateKey.generate().private_bytes_raw()

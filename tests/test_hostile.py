@@ -454,9 +454,9 @@ async def test_established_connections_are_capped(make_config: ConfigFactory) ->
     with trio.fail_after(10):
         async with open_messenger("Alice", make_config(max_connections=2)) as a:
             streams: list[trio.abc.Stream] = []
-            for _ in range(2):
-                stream, mallory = await mallory_connection(a)
-                await stream.send_all(encode_frame(hello_from(mallory)))
+            for source in ("127.0.0.1", "127.0.0.2"):  # (one address may take half)
+                stream, mallory = await secure_dial_raw(a.tcp_port, source=source)
+                await stream.send_all(encode_frame(hello_from(mallory.peer_id)))
                 await receive_hello(stream, FrameDecoder(1 << 20))
                 streams.append(stream)
             extra = await raw_connection(a)  # closed before its handshake
@@ -498,7 +498,7 @@ async def test_a_stream_of_tiny_records_cannot_hold_the_event_loop(
 ) -> None:
     """A large frame sent one byte per encrypted record keeps the reader busy,
     opening records, for as long as they come: it must let other tasks run."""
-    records = 400_000
+    records = 800_000  # (about 1 s of work for the node: 0.9 s without a pause before the fix)
     with trio.fail_after(30):
         async with open_messenger("Alice", make_config()) as a:
             stream, mallory = await mallory_connection(a)
@@ -526,7 +526,8 @@ async def test_a_stream_of_tiny_records_cannot_hold_the_event_loop(
                     await trio.to_thread.run_sync(raw.sendall, flood)
                     await trio.sleep(0.3)  # (the rest is opened meanwhile)
                     nursery.cancel_scope.cancel()
-            assert longest < 0.1, f"the event loop stood still for {longest:.3f} s"
+            # (12 ms here; the margin is for a loaded machine and garbage collection)
+            assert longest < 0.3, f"the event loop stood still for {longest:.3f} s"
             assert a.connected_peers()[0].id == mallory  # (a slow peer, not a broken one)
             await stream.aclose()
 
@@ -646,3 +647,29 @@ async def test_a_dial_by_address_is_not_answered_by_a_peer_claiming_that_port(
             # and asked again, the connection it dialled is the one returned
             assert (await a.connect_to_peer(("127.0.0.1", b.tcp_port))).id == b.peer_id
             await stream.aclose()
+
+
+async def test_one_address_cannot_take_every_connection(make_config: ConfigFactory) -> None:
+    with trio.fail_after(20):
+        async with open_messenger("Alice", make_config(max_connections=4)) as a:
+            streams = []
+            for _ in range(2):  # half the places, from 127.0.0.1
+                stream, mallory = await secure_dial_raw(a.tcp_port)
+                streams.append(stream)
+                await stream.send_all(encode_frame(hello_from(mallory.peer_id)))
+                await receive_hello(stream, FrameDecoder(1 << 20))
+            stream, mallory = await secure_dial_raw(a.tcp_port)
+            await stream.send_all(encode_frame(hello_from(mallory.peer_id)))
+            reply = FrameDecoder(1 << 20).feed(await closed_by_peer(stream))
+            assert isinstance(reply[0], Goodbye)
+            assert "from that address" in reply[0].reason
+            assert a.statistics().connections_refused["too_many_connections_from_address"] == 1
+            # another address still gets in
+            stream, carol = await secure_dial_raw(a.tcp_port, source="127.0.0.2")
+            streams.append(stream)
+            await stream.send_all(encode_frame(hello_from(carol.peer_id)))
+            hello, _ = await receive_hello(stream, FrameDecoder(1 << 20))
+            assert hello.node_id == a.peer_id
+            assert {p.address for p in a.connected_peers()} == {"127.0.0.1", "127.0.0.2"}
+            for stream in streams:
+                await stream.aclose()

@@ -814,6 +814,11 @@ class Messenger:
             return ("duplicate", "simultaneous dial: the smaller node id's dial wins")
         if len(self._connections) >= self.config.max_connections:
             return ("too_many_connections", "too many connections")
+        # One address may hold half the places at most: a host with many keys
+        # cannot take them all.
+        limit = max(1, self.config.max_connections // 2)
+        if sum(1 for c in self._connections.values() if c.peer.address == address) >= limit:
+            return ("too_many_connections_from_address", "too many connections from that address")
         return None
 
     async def _may_replace(self, existing: PeerConnection, peer_id: uuid.UUID) -> str | None:
