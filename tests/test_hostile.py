@@ -80,6 +80,14 @@ async def mallory_connection(
     return secure, identity.peer_id
 
 
+async def secure_mallory(messenger: Messenger) -> tuple[SecureStream, uuid.UUID]:
+    """Mallory connected to *messenger* over the secure channel, past the hellos."""
+    stream, identity = await secure_connection(messenger)
+    await stream.send_all(encode_frame(hello_from(identity.peer_id)))
+    await receive_hello(stream, FrameDecoder(1 << 20))
+    return stream, identity.peer_id
+
+
 async def closed_by_peer(stream: trio.abc.Stream) -> bytes:
     """Read until the messenger closes the connection; return what it sent."""
     data = b""
@@ -463,8 +471,8 @@ async def test_established_connections_are_capped(make_config: ConfigFactory) ->
             assert await closed_by_peer(extra) == b""
             assert a.statistics().connections_refused["too_many_connections"] == 1
             assert len(a.connected_peers()) == 2
-            for stream in streams:
-                await stream.aclose()
+            for each in streams:
+                await each.aclose()
 
 
 @pytest.mark.parametrize("behaviour", ["close", "garbage", "close-after-hello"])
@@ -501,10 +509,7 @@ async def test_a_stream_of_tiny_records_cannot_hold_the_event_loop(
     records = 800_000  # (about 1 s of work for the node: 0.9 s without a pause before the fix)
     with trio.fail_after(30):
         async with open_messenger("Alice", make_config()) as a:
-            stream, mallory = await mallory_connection(a)
-            assert isinstance(stream, SecureStream)
-            await stream.send_all(encode_frame(hello_from(mallory)))
-            await receive_hello(stream, FrameDecoder(1 << 20))
+            stream, mallory = await secure_mallory(a)
             # the head of a 1 MiB frame, then its body one byte per record
             await stream.send_all(struct.pack(">I", 1 << 20) + b"\xa1")
             sealer = stream._sealer
@@ -535,10 +540,7 @@ async def test_a_stream_of_tiny_records_cannot_hold_the_event_loop(
 async def test_an_empty_record_ends_the_connection(make_config: ConfigFactory) -> None:
     with trio.fail_after(10):
         async with open_messenger("Alice", make_config()) as a:
-            stream, mallory = await mallory_connection(a)
-            assert isinstance(stream, SecureStream)
-            await stream.send_all(encode_frame(hello_from(mallory)))
-            await receive_hello(stream, FrameDecoder(1 << 20))
+            stream, mallory = await secure_mallory(a)
             sealer = stream._sealer
             tag = bytearray(16)  # what sealing nothing gives: the tag alone
             sealer._encrypt_into(bytes(4) + sealer.counter.to_bytes(8, "big"), b"", None, tag)
