@@ -23,6 +23,7 @@ import shutil
 import time
 import unicodedata
 import uuid
+from collections.abc import Set as AbstractSet
 from typing import BinaryIO
 
 import attrs
@@ -292,25 +293,28 @@ class DownloadFolder:
         partial.path.unlink(missing_ok=True)
         partial.sidecar.unlink(missing_ok=True)
 
-    def keep(self, partial: Partial, busy: frozenset[str], limit: int = PARTIALS_KEPT) -> int:
+    def keep(self, partial: Partial, busy: AbstractSet[str], limit: int = PARTIALS_KEPT) -> int:
         """Close *partial*, kept to resume; remove the oldest kept partials beyond *limit*.
 
-        *busy* names the keys of transfers under way (never removed). Returns
-        how many partials were removed.
+        *busy* names the keys of transfers under way, never removed (it may be
+        a set the event loop changes meanwhile: each key is looked up just
+        before its removal). Returns how many partials were removed.
         """
         partial.file.close()
         kept: list[tuple[float, str]] = []
         with contextlib.suppress(FileNotFoundError):
             for path in self.folder.iterdir():
                 name = path.name
-                if name.startswith(".") and name.endswith(PART_SUFFIX):
+                if name.startswith(".") and name.endswith(PART_SUFFIX) and path != partial.path:
                     key = name[1 : -len(PART_SUFFIX)]
-                    if key not in busy and path != partial.path:
+                    if key not in busy:
                         with contextlib.suppress(FileNotFoundError):
                             kept.append((path.stat().st_mtime, key))
         kept.sort()
         removed = 0
         for _, key in kept[: max(0, len(kept) + 1 - limit)]:
+            if key in busy:  # (claimed since it was listed)
+                continue
             for path in self._paths(key):
                 path.unlink(missing_ok=True)
             removed += 1

@@ -735,12 +735,10 @@ class FileService:
             if partial is not None:
                 # an interrupted transfer keeps its partial, to resume (if it holds any)
                 if work.keep and transfer.received > 0:
-                    if work.claimed:
-                        self._receiving.discard(work.key)
-                        work.claimed = False
-                    busy = frozenset(self._receiving)
+                    # (the live set: a transfer that claims a partial meanwhile
+                    # keeps it; the check is made just before each removal)
                     close: Callable[[], int | None] = functools.partial(
-                        self.folder.keep, partial, busy
+                        self.folder.keep, partial, self._receiving
                     )
                 else:
                     close = functools.partial(self.folder.discard, partial)
