@@ -127,6 +127,29 @@ async def test_message_text_waiting_for_the_application_is_bounded(
             nursery.cancel_scope.cancel()
 
 
+async def test_a_reader_waiting_for_an_application_that_is_gone_does_not_hang(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(connection, "EVENT_TEXT_LIMIT", 10_000)
+    with trio.fail_after(60):
+        sa, sb = trio.testing.memory_stream_pair()
+        alice, bob = node("Alice"), node("Bob")
+        a = make_side(sa, alice, bob, dialer=True, window=100, interval=100, timeout=1000)
+        b = make_side(sb, bob, alice, dialer=False, event_buffer=1000, interval=100, timeout=1000)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.conn.run)
+            nursery.start_soon(b.conn.run)
+            for _ in range(11):  # over the limit: Bob's reader waits
+                await a.conn.send(Text("x" * 1000))
+            await trio.sleep(1)
+            await b.events.aclose()  # the application goes away
+            await a.conn.send(Text("one more"))
+            with trio.move_on_after(10):
+                await b.conn._done.wait()
+            assert b.conn.reason is not None, "the reader hung"
+            nursery.cancel_scope.cancel()
+
+
 async def test_window_bounds_nowait_sends() -> None:
     with trio.fail_after(5):
         sa, _sb = trio.testing.memory_stream_pair()

@@ -947,8 +947,10 @@ class PeerConnection:
             self._want_ack()  # (what it has taken is acknowledged meanwhile)
         self._reader_blocked = True
         try:
-            # (polled: a memory channel tells no one when it is read)
-            while self._events.statistics().current_buffer_used:  # noqa: ASYNC110
+            # (polled: a memory channel tells no one when it is read; one whose
+            # reader is gone fails the delivery that follows, as before)
+            statistics = self._events.statistics
+            while (s := statistics()).current_buffer_used and s.open_receive_channels:  # noqa: ASYNC110
                 await trio.sleep(EVENT_TEXT_POLL)
         finally:
             self._reader_blocked = False
