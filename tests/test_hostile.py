@@ -675,3 +675,26 @@ async def test_one_address_cannot_take_every_connection(make_config: ConfigFacto
             assert {p.address for p in a.connected_peers()} == {"127.0.0.1", "127.0.0.2"}
             for stream in streams:
                 await stream.aclose()
+
+
+async def test_a_dial_by_address_of_a_peer_that_dialled_in_returns_that_peer(
+    make_config: ConfigFactory,
+) -> None:
+    """connect_to_peer((host, port)) is idempotent for a peer that dialled this
+    node: the peer refuses the second connection, and its proven id names the
+    connection to return."""
+    alice, bob = sorted((Identity.generate(), Identity.generate()), key=lambda i: i.peer_id)
+    alice, bob = bob, alice  # (Alice's id the larger: Bob keeps his connection, see
+    # the simultaneous-dial rule, and refuses hers)
+    with trio.fail_after(10):
+        async with (
+            open_messenger("Alice", make_config(identity=alice)) as a,
+            open_messenger("Bob", make_config(identity=bob)) as b,
+        ):
+            await b.connect_to_peer(("127.0.0.1", a.tcp_port))
+            await wait_for(a, PeerConnected, peer=b.peer_id)
+            started = trio.current_time()
+            peer = await a.connect_to_peer(("127.0.0.1", b.tcp_port))
+            assert peer.id == b.peer_id
+            assert trio.current_time() - started < a.config.handshake_timeout / 2
+            assert [p.id for p in a.connected_peers()] == [b.peer_id]

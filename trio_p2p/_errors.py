@@ -29,10 +29,15 @@ class HandshakeError(TrioP2PError):
     Attributes:
         code: the refusing peer's goodbye code (``"duplicate"``, ``"refused"``, ...),
             or None when the handshake failed for another reason.
+        peer_id: the id the refusing peer proved before it refused (encrypted
+            connections), else None.
     """
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(
+        self, message: str, code: str | None = None, peer_id: uuid.UUID | None = None
+    ) -> None:
         self.code = code
+        self.peer_id = peer_id
         super().__init__(message)
 
 

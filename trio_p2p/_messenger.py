@@ -460,9 +460,11 @@ class Messenger:
         except HandshakeError as exc:
             if exc.code != GoodbyeCode.DUPLICATE:
                 raise
-            # Both sides dialled at once: the other connection wins; wait for it.
+            # Already connected (the peer dialled): the other connection wins;
+            # wait for it, by the id the peer proved when there is one.
+            wanted = expected if expected is not None else exc.peer_id
             with trio.move_on_after(self.config.handshake_timeout):
-                while (winner := self._find_connection(expected, host, port)) is None:
+                while (winner := self._find_connection(wanted, host, port)) is None:
                     await self._registry_changed.park()
                 return winner.peer
             raise
@@ -479,10 +481,12 @@ class Messenger:
             return self._open_connection(peer_id)
         # Only a connection this node dialled there: a peer that dialled in may
         # claim any port, and a node sharing its address could claim another's.
+        # (In plaintext mode nothing is proven anyway: its claim is taken.)
+        claims = self.config.insecure_plaintext
         for conn in self._connections.values():
             if (
                 conn.is_open
-                and conn.dialer
+                and (conn.dialer or claims)
                 and conn.peer.address == host
                 and conn.peer.port == port
             ):
@@ -984,6 +988,8 @@ class Messenger:
                     hello, pending = await receive_hello(channel, decoder)
                 except (HandshakeError, OSError) as exc:
                     if isinstance(exc, HandshakeError) and exc.code is not None:
+                        if proof is not None:
+                            exc.peer_id = proof.peer_id  # (who refused: proven)
                         raise  # refused, with a reason
                     # A peer with another network key fails the handshake's last
                     # message, and can only close (or reset) the connection.
