@@ -390,7 +390,7 @@ def test_known_peers_file(tmp_path: pathlib.Path) -> None:
     known.save()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = KnownPeers.load(path)
-    assert again.get(ids[0]) == KnownPeer(ids[0], "A2", "1", 10.0, 12.0)
+    assert again.get(ids[0]) == KnownPeer(ids[0], "A2", "1", 10.0, 12.0, named_since=12.0)
     assert [p.peer_id for p in again.others_named("B", ids[2])] == [ids[1]]
     assert again.others_named("B", ids[1]) == []
     # bounded: the least recently seen goes, if not seen lately
@@ -431,3 +431,32 @@ async def test_a_second_key_under_a_name_in_use_is_flagged_every_time(
                 await bob.send_text_message(alice.peer_id, "still here")  # (Alice is seen)
                 await bob.flush(alice.peer_id)
                 await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
+
+
+async def test_the_key_that_had_a_name_first_is_not_the_one_flagged(
+    make_config: ConfigFactory,
+) -> None:
+    """Mallory meets Bob as 'Eve' before Alice does, then calls herself Alice:
+    she is flagged, each time Alice is about; Alice is not."""
+    with trio.fail_after(15):
+        async with open_messenger("Bob", make_config()) as bob:
+            mallory = Identity.generate()
+            async with open_messenger("Eve", make_config(identity=mallory)) as eve:
+                await eve.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                await wait_for(bob, PeerConnected, peer=mallory.peer_id)
+            await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
+            async with open_messenger("Alice", make_config()) as alice:
+                await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                met = await wait_for(bob, PeerConnected, peer=alice.peer_id)
+                assert not met.peer.new_key
+                for _ in range(2):
+                    async with open_messenger("Alice", make_config(identity=mallory)) as fake:
+                        await fake.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                        met = await wait_for(bob, PeerConnected, peer=mallory.peer_id)
+                        assert met.peer.new_key
+                    await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
+            await wait_for(bob, PeerDisconnected, peer=alice.peer_id)
+            async with open_messenger("Alice", make_config(identity=alice.identity)) as again:
+                await again.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                met = await wait_for(bob, PeerConnected, peer=alice.peer_id)
+                assert not met.peer.new_key

@@ -1071,19 +1071,17 @@ class Messenger:
 
     def _remember(self, peer_id: uuid.UUID, name: str, key: str) -> bool:
         """Remember a peer just connected; return whether its name came with a new key."""
-        # A new id under a known name is flagged; a known one too, whatever name
-        # it first had, while a key that had the name before it is still seen
-        # (two keys in use under one name; a node that merely got a new key
-        # leaves its old one unseen, and is flagged only the first time).
+        # A key that takes a name another key has is flagged; after that, at
+        # each connection while a key that had the name before it is still seen
+        # (two keys in use under one name). A node that merely got a new key
+        # leaves its old one unseen, and is flagged only the first time.
         known = self.known_peers.get(peer_id)
+        since = known.named_since if known is not None and known.name == name else None
         others = [
             p
             for p in self.known_peers.others_named(name, peer_id)
-            if known is None
-            or (
-                p.first_seen < known.first_seen
-                and (p.last_seen > known.first_seen or p.peer_id in self._connections)
-            )
+            if since is None
+            or (p.named_since < since and (p.last_seen > since or p.peer_id in self._connections))
         ]
         if others:
             logger.warning(

@@ -51,6 +51,8 @@ class KnownPeer:
         fingerprint: its key's fingerprint.
         first_seen: when it was first connected (Unix time).
         last_seen: when it was last connected (Unix time).
+        named_since: when it was first connected under its name (Unix time;
+            by default *first_seen*).
     """
 
     peer_id: uuid.UUID
@@ -58,6 +60,9 @@ class KnownPeer:
     fingerprint: str
     first_seen: float
     last_seen: float
+    named_since: float = attrs.field(
+        default=attrs.Factory(lambda self: self.first_seen, takes_self=True)
+    )
 
 
 @attrs.frozen
@@ -86,6 +91,7 @@ class Snapshot:
                 "fingerprint": p.fingerprint,
                 "first_seen": p.first_seen,
                 "last_seen": p.last_seen,
+                "named_since": p.named_since,
             }
             for p in sorted(self.peers, key=lambda p: p.first_seen)
         ]
@@ -139,6 +145,7 @@ class KnownPeers:
                     str(entry["fingerprint"]),
                     float(entry["first_seen"]),
                     float(entry["last_seen"]),
+                    float(entry.get("named_since", entry["first_seen"])),
                 )
                 known._peers[peer.peer_id] = peer
         except FileNotFoundError:
@@ -190,8 +197,11 @@ class KnownPeers:
                 del self._peers[stalest.peer_id]
             self._peers[peer_id] = KnownPeer(peer_id, name, fingerprint, now, now)
             return True
-        self._peers[peer_id] = attrs.evolve(known, name=name, last_seen=now)
-        return known.name != name
+        if known.name != name:
+            self._peers[peer_id] = attrs.evolve(known, name=name, last_seen=now, named_since=now)
+            return True
+        self._peers[peer_id] = attrs.evolve(known, last_seen=now)
+        return False
 
     def save(self) -> None:
         """Write the peers to the file (atomically, readable by the owner only).
