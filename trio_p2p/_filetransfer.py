@@ -603,7 +603,6 @@ class FileService:
             return
         suspended = self._suspended.get(transfer.id)
         continues = None
-        refusal = ""
         if suspended is not None and suspended.peer_id == conn.peer_id:
             if (suspended.record.filename, suspended.record.size, suspended.mtime_ns) == (
                 transfer.name,
@@ -614,8 +613,11 @@ class FileService:
                 continues = suspended
                 record = continues.record
             else:  # (accepted as that file: it may not become another one)
-                refusal = "the transfer it continues was of another file"
-        refusal = refusal or self._refusal(conn, transfer)
+                raise ProtocolError(
+                    f"offer of {transfer.name!r} continues transfer {transfer.id}, "
+                    f"which was of {suspended.record.filename!r}"
+                )
+        refusal = self._refusal(conn, transfer)
         if refusal:
             refused.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
             # Awaited: a peer that offers without reading the answers is held back,
