@@ -214,6 +214,24 @@ def test_kept_partials_are_bounded_oldest_first_busy_ones_never(tmp_path: pathli
     assert len(left) == 9  # four partials with their sidecars, and mine.txt
 
 
+def test_the_sender_keeping_most_partials_loses_its_own_first(tmp_path: pathlib.Path) -> None:
+    folder = DownloadFolder(tmp_path, 0)
+    honest = {**DESCRIBES, "sender": str(uuid.UUID(int=2))}
+    keys = []
+    for i, describes in enumerate([honest, DESCRIBES, DESCRIBES, DESCRIBES]):
+        key = resume_key(SENDER, f"f{i}", 1, 0)
+        keys.append(key)
+        partial = folder.open_partial(key, describes, 1)
+        partial.file.close()
+        for path in (partial.path, partial.sidecar):
+            os.utime(path, (1000 + i, 1000 + i))
+    newest = folder.open_partial(resume_key(SENDER, "new", 1, 0), DESCRIBES, 1)
+    assert folder.keep(newest, frozenset(), limit=3) == 2
+    left = {p.name for p in tmp_path.iterdir()}
+    # the honest sender's partial is the oldest, but the other sender keeps more
+    assert {key for key in keys if f".{key}{PART_SUFFIX}" in left} == {keys[0], keys[3]}
+
+
 def test_room_is_checked_with_the_margin(tmp_path: pathlib.Path) -> None:
     folder = DownloadFolder(tmp_path / "not-yet", 1 << 20)
     folder.check_room(1000)  # the nearest existing parent's file system is used

@@ -20,6 +20,7 @@ import pytest
 import trio
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+import trio_p2p._files as files
 import trio_p2p._filetransfer as filetransfer
 from trio_p2p import (
     FileOffered,
@@ -358,5 +359,42 @@ async def test_a_peer_taking_another_ones_name_does_not_reach_its_partials(
             await wait_for(bob, PeerDisconnected)
             async with raw_peer(bob, "Alice", alice) as peer:  # Alice again: she resumes
                 tid = uuid.uuid4()
+                await peer.send(FileOffer(tid, "f.bin", 4, MiB, 1))
+                assert await peer.receive(FileAccept) == FileAccept(tid, 2)
+
+
+async def test_broken_off_transfers_cannot_push_out_a_partial_that_waits_to_resume(
+    make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept partials are bounded, but one whose transfer waits to be offered
+    again is never removed, even the oldest of the sender that keeps the most."""
+    monkeypatch.setattr(files, "PARTIALS_KEPT", 3)
+    with trio.fail_after(20):
+        async with open_messenger("Bob", make_config(download_dir=tmp_path)) as bob:
+            alice = Identity.generate()
+            tid = uuid.uuid4()
+            async with raw_peer(bob, "Alice", alice) as peer:
+                await peer.send(FileOffer(tid, "f.bin", 4, MiB, 1))
+                await peer.receive(FileAccept)
+                await peer.send(FileChunk(tid, 0, b"ab"))
+                for i in range(4):  # broken off by Alice herself: kept, not waiting
+                    other = uuid.uuid4()
+                    await peer.send(FileOffer(other, f"junk{i}", 4, MiB, 1))
+                    await peer.receive(FileAccept)
+                    await peer.send(FileChunk(other, 0, b"j"), FileCancel(other, "bye"))
+                    await still_serving(bob, peer)
+            await wait_for(bob, PeerDisconnected, peer=alice.peer_id)  # f.bin waits
+            async with raw_peer(bob) as mallory:
+                other = uuid.uuid4()
+                await mallory.send(FileOffer(other, "junk", 4, MiB, 1))
+                await mallory.receive(FileAccept)
+                await mallory.send(FileChunk(other, 0, b"j"), FileCancel(other, "bye"))
+                await still_serving(bob, mallory)
+            # (each cancelled transfer keeps its byte, trims, then says it failed)
+            while bob.statistics().transfers_failed < 5:  # noqa: ASYNC110 (a counter)
+                await trio.sleep(0.01)
+            partials = [n for n in names(tmp_path) if n.endswith(files.PART_SUFFIX)]
+            assert len(partials) == 3 + 1  # (the bound, and the one that waits besides)
+            async with raw_peer(bob, "Alice", alice) as peer:
                 await peer.send(FileOffer(tid, "f.bin", 4, MiB, 1))
                 assert await peer.receive(FileAccept) == FileAccept(tid, 2)

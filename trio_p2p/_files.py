@@ -14,6 +14,7 @@ the transfer tasks run them in worker threads.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import json
@@ -23,7 +24,7 @@ import shutil
 import time
 import unicodedata
 import uuid
-from collections.abc import Set as AbstractSet
+from collections.abc import Container
 from typing import BinaryIO
 
 import attrs
@@ -293,15 +294,20 @@ class DownloadFolder:
         partial.path.unlink(missing_ok=True)
         partial.sidecar.unlink(missing_ok=True)
 
-    def keep(self, partial: Partial, busy: AbstractSet[str], limit: int = PARTIALS_KEPT) -> int:
-        """Close *partial*, kept to resume; remove the oldest kept partials beyond *limit*.
+    def keep(self, partial: Partial, busy: Container[str], limit: int | None = None) -> int:
+        """Close *partial*, kept to resume; remove kept partials beyond *limit*.
 
-        *busy* names the keys of transfers under way, never removed (it may be
-        a set the event loop changes meanwhile: each key is looked up just
-        before its removal). Returns how many partials were removed.
+        Those of the sender that keeps the most go first, the oldest first: one
+        sender's many broken-off transfers push out its own partials before
+        anyone else's. *busy* holds the keys of partials in use (transfers
+        under way, or waiting to be offered again), never removed; it may change
+        meanwhile on the event loop, so each key is looked up just before its
+        removal. Returns how many partials were removed. (*limit*: by default
+        ``PARTIALS_KEPT``.)
         """
+        limit = PARTIALS_KEPT if limit is None else limit
         partial.file.close()
-        kept: list[tuple[float, str]] = []
+        kept: list[tuple[float, str, str]] = []
         with contextlib.suppress(FileNotFoundError):
             for path in self.folder.iterdir():
                 name = path.name
@@ -309,16 +315,28 @@ class DownloadFolder:
                     key = name[1 : -len(PART_SUFFIX)]
                     if key not in busy:
                         with contextlib.suppress(FileNotFoundError):
-                            kept.append((path.stat().st_mtime, key))
-        kept.sort()
+                            kept.append((path.stat().st_mtime, key, self._sender(key)))
+        excess = len(kept) + 1 - limit
+        if excess <= 0:
+            return 0
+        counts = collections.Counter(sender for _, _, sender in kept)
+        kept.sort(key=lambda entry: (-counts[entry[2]], entry[0]))
         removed = 0
-        for _, key in kept[: max(0, len(kept) + 1 - limit)]:
+        for _, key, _ in kept[:excess]:
             if key in busy:  # (claimed since it was listed)
                 continue
             for path in self._paths(key):
                 path.unlink(missing_ok=True)
             removed += 1
         return removed
+
+    def _sender(self, key: str) -> str:
+        """The sender a kept partial's description names ("" if none can be read)."""
+        try:
+            sender = json.loads(self._paths(key)[1].read_text(encoding="utf-8")).get("sender")
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return sender if isinstance(sender, str) else ""
 
     def sweep(self, ttl: float, now: float | None = None) -> int:
         """Remove partials and sidecars untouched for *ttl* seconds; return how many."""

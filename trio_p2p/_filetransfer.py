@@ -261,6 +261,25 @@ class _Suspended:
     #: the offered file's modification time (with the record's name and size,
     #: what an offer to continue it must repeat)
     mtime_ns: int
+    #: the resume key of its partial (kept for it)
+    key: str
+
+
+class _PartialsInUse:
+    """The resume keys of partials in use: transfers under way or suspended.
+
+    Looked up from a worker thread (see ``DownloadFolder.keep``) while the
+    event loop changes the collections: lookups only, each atomic.
+    """
+
+    def __init__(self, receiving: set[str], suspended: dict[uuid.UUID, _Suspended]) -> None:
+        self._receiving = receiving
+        self._suspended = suspended
+
+    def __contains__(self, key: object) -> bool:
+        if key in self._receiving:
+            return True
+        return any(s.key == key for s in list(self._suspended.values()))
 
 
 class FileService:
@@ -739,8 +758,9 @@ class FileService:
                 if work.keep and transfer.received > 0:
                     # (the live set: a transfer that claims a partial meanwhile
                     # keeps it; the check is made just before each removal)
+                    in_use = _PartialsInUse(self._receiving, self._suspended)
                     close: Callable[[], int | None] = functools.partial(
-                        self.folder.keep, partial, self._receiving
+                        self.folder.keep, partial, in_use
                     )
                 else:
                     close = functools.partial(self.folder.discard, partial)
@@ -763,7 +783,7 @@ class FileService:
         ):
             # Its session may carry on: wait for the sender to offer it again.
             suspended = _Suspended(
-                conn.peer_id, incoming.record, work.progress, failure, transfer.mtime_ns
+                conn.peer_id, incoming.record, work.progress, failure, transfer.mtime_ns, work.key
             )
             self._suspended[transfer.id] = suspended
             self._nursery.start_soon(self._expire, transfer.id, suspended)
