@@ -3,6 +3,7 @@ messenger keeps serving its other peers."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -563,8 +564,11 @@ async def test_a_stranger_cannot_make_a_node_dial_another_address_again_and_agai
             mallory = Identity.generate()
             while mallory.peer_id < a.peer_id:  # (the smaller id dials again)
                 mallory = Identity.generate()
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.9")
-            port = listeners[0].socket.getsockname()[1]
+            listeners = []
+            for _ in range(4):  # (Mallory names one port after another)
+                listeners += await trio.open_tcp_listeners(0, host="127.0.0.9")
+            ports = [listener.socket.getsockname()[1] for listener in listeners]
+            port = ports[0]
             dials: list[float] = []
 
             async def someone_else(stream: trio.SocketStream) -> None:
@@ -585,9 +589,12 @@ async def test_a_stranger_cannot_make_a_node_dial_another_address_again_and_agai
                     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                         udp.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
                         udp.bind(("127.0.0.9", 0))
-                        while True:
+                        for turn in itertools.count():
                             beacon = signed_beacon(
-                                identity=mallory, name="Mallory", port=port, sources=("127.0.0.9",)
+                                identity=mallory,
+                                name="Mallory",
+                                port=ports[turn // 5 % len(ports)],
+                                sources=("127.0.0.9",),
                             )
                             udp.sendto(beacon, target)
                             await trio.sleep(0.2)
@@ -600,6 +607,8 @@ async def test_a_stranger_cannot_make_a_node_dial_another_address_again_and_agai
                 assert event.resuming
                 await trio.sleep(5)  # (without the bound: a dial every 2 s at most)
                 nursery.cancel_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
             assert 1 <= len(dials) <= 2, dials
 
 
@@ -607,26 +616,32 @@ async def test_sessions_kept_for_broken_connections_are_bounded(
     make_config: ConfigFactory,
 ) -> None:
     """Each broken connection's session waits (and dials) for its peer: at
-    most max_connections of them at once, however many connections break."""
+    most max_connections of them at once, and half of that many of one
+    address, however many connections break."""
     with trio.fail_after(20):
         async with open_messenger("Alice", make_config(max_connections=2)) as a:
+            sources = ("127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.3")
             listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
             port = listeners[0].socket.getsockname()[1]
+            for host in sources[2:]:
+                listeners += await trio.open_tcp_listeners(port, host=host)
             async with trio.open_nursery() as nursery:
                 # (something listens where the peers say they do: they seem alive)
                 nursery.start_soon(trio.serve_listeners, trio.aclose_forcefully, listeners)
                 resuming = []
-                for _ in range(3):
-                    stream, mallory = await secure_dial_raw(a.tcp_port)
+                for source in sources:
+                    stream, mallory = await secure_dial_raw(a.tcp_port, source=source)
                     hello = attrs.evolve(hello_from(mallory.peer_id), port=port)
                     await stream.send_all(encode_frame(hello))
                     await receive_hello(stream, FrameDecoder(1 << 20))
                     await trio.aclose_forcefully(stream)
                     event = await wait_for(a, PeerDisconnected, peer=mallory.peer_id)
                     resuming.append(event.resuming)
-                assert resuming == [True, True, False]
+                assert resuming == [True, False, True, False]
                 assert len(a._parked) == 2
                 nursery.cancel_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
 
 
 async def test_a_dial_by_address_is_not_answered_by_a_peer_claiming_that_port(
@@ -653,9 +668,14 @@ async def test_a_dial_by_address_is_not_answered_by_a_peer_claiming_that_port(
 
 async def test_one_address_cannot_take_every_connection(make_config: ConfigFactory) -> None:
     with trio.fail_after(20):
-        async with open_messenger("Alice", make_config(max_connections=4)) as a:
+        async with (
+            open_messenger("Alice", make_config(max_connections=4)) as a,
+            open_messenger("Bob", make_config()) as b,
+        ):
+            # (a connection Alice dialled is hers: it takes none of 127.0.0.1's half)
+            await a.connect_to_peer(("127.0.0.1", b.tcp_port))
             streams = []
-            for _ in range(2):  # half the places, from 127.0.0.1
+            for _ in range(2):  # half the places, dialled from 127.0.0.1
                 stream, mallory = await secure_dial_raw(a.tcp_port)
                 streams.append(stream)
                 await stream.send_all(encode_frame(hello_from(mallory.peer_id)))

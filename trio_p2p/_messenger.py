@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import ipaddress
@@ -80,10 +79,10 @@ HANDSHAKES_PER_ADDRESS = 8
 #: first failed attempt, twice as long after each next one, at most
 #: REDIAL_LONGEST, each wait drawn between half and one and a half times that.
 REDIAL_FIRST = 0.1
-#: Dials of a broken session's peer at an address no connection to it came
-#: from (where discovery saw it since: it moved, or its owner says it did). Any
-#: key owner may announce any address, so this bounds how often it can make
-#: this node dial someone else's.
+#: Dials of a broken session's peer, in all, at addresses no connection to it
+#: came from (where discovery saw it since: it moved, or its owner says it
+#: did). Any key owner may announce any address, so this bounds how often it
+#: can make this node dial someone else's.
 UNPROVEN_DIALS = 2
 REDIAL_LONGEST = 2.0
 #: why a parked session ends when its peer connects without carrying it on
@@ -600,15 +599,18 @@ class Messenger:
     def _will_park(self, conn: PeerConnection) -> bool:
         """Whether the session of *conn*, which has ended, waits for the peer.
 
-        At most ``max_connections`` sessions wait at once (each may dial): a
-        stream of connections that break cannot pile them up.
+        At most ``max_connections`` sessions wait at once (each may dial), and
+        half of that many of one address: a stream of connections that break
+        cannot pile them up, nor one host take every place.
         """
-        return (
-            conn.resumable
-            and not self._closing
-            and self.config.resume_timeout > 0
-            and len(self._parked) < self.config.max_connections
-        )
+        if not conn.resumable or self._closing or self.config.resume_timeout <= 0:
+            return False
+        limit = self.config.max_connections
+        if len(self._parked) >= limit:
+            return False
+        address = conn.peer.address
+        here = sum(1 for p in self._parked.values() if p.peer.address == address)
+        return here < max(1, limit // 2)
 
     def _send_later(self, session: Session, max_body: int, content: Content) -> Message:
         """Number a message in a session without a connection.
@@ -818,10 +820,11 @@ class Messenger:
             return ("duplicate", "simultaneous dial: the smaller node id's dial wins")
         if len(self._connections) >= self.config.max_connections:
             return ("too_many_connections", "too many connections")
-        # One address may hold half the places at most: a host with many keys
-        # cannot take them all.
+        # One address may hold half the places at most (by dialling this node):
+        # a host with many keys cannot take them all.
         limit = max(1, self.config.max_connections // 2)
-        if sum(1 for c in self._connections.values() if c.peer.address == address) >= limit:
+        incoming = (c for c in self._connections.values() if not c.dialer)
+        if sum(1 for c in incoming if c.peer.address == address) >= limit:
             return ("too_many_connections_from_address", "too many connections from that address")
         return None
 
@@ -1309,16 +1312,15 @@ class Messenger:
         delay = REDIAL_FIRST
         gone = ""
         first = True
-        proven = (parked.peer.address, parked.peer.port)
-        unproven: collections.Counter[tuple[str, int]] = collections.Counter()
+        unproven = 0  # (dials of an address the peer was never connected at)
         with trio.move_on_at(parked.deadline):
             while self._parked.get(peer_id) is parked and not self._closing:
                 where = self._table.get(peer_id) or parked.peer
-                if (where.address, where.port) != proven:
-                    if unproven[where.address, where.port] >= UNPROVEN_DIALS:
+                if where.address != parked.peer.address:
+                    if unproven >= UNPROVEN_DIALS:
                         where = parked.peer
                     else:
-                        unproven[where.address, where.port] += 1
+                        unproven += 1
                 try:
                     if self.peer_id < peer_id:
                         await self.connect_to_peer(where)
