@@ -88,7 +88,8 @@ class Config:
         max_pending_handshakes: incoming connections allowed to be in their handshake at
             once; more are closed at once.
         max_connections: established connections allowed at once; more are refused.
-            Connections that one address dialled may take half of them at most.
+            Connections with one address may take half of them at most (a new
+            one from an address that has as many is refused).
         heartbeat_interval: an idle connection sends a ping this often.
         heartbeat_timeout: a connection on which nothing arrives for this long is closed.
         max_frame_size: largest frame (bytes after the 4-byte prefix) accepted or sent.

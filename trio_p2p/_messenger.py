@@ -820,11 +820,11 @@ class Messenger:
             return ("duplicate", "simultaneous dial: the smaller node id's dial wins")
         if len(self._connections) >= self.config.max_connections:
             return ("too_many_connections", "too many connections")
-        # One address may hold half the places at most (by dialling this node):
-        # a host with many keys cannot take them all.
+        # One address may hold half the places at most, whoever dialled (this
+        # node redials broken sessions, so those count too): a host with many
+        # keys cannot take them all.
         limit = max(1, self.config.max_connections // 2)
-        incoming = (c for c in self._connections.values() if not c.dialer)
-        if sum(1 for c in incoming if c.peer.address == address) >= limit:
+        if sum(1 for c in self._connections.values() if c.peer.address == address) >= limit:
             return ("too_many_connections_from_address", "too many connections from that address")
         return None
 
