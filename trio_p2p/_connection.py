@@ -685,12 +685,20 @@ class PeerConnection:
         await self._arrival_lot.park()
         return self.is_open
 
-    async def close(self, reason: str) -> None:
-        """Say goodbye with *reason*, then close (waits at most ``CLOSE_TIMEOUT``)."""
+    def close_soon(self, reason: str, code: GoodbyeCode = GoodbyeCode.CLOSING) -> None:
+        """Queue a goodbye with *code* and *reason*; do not wait.
+
+        The connection ends once what was queued before the goodbye, and the
+        goodbye, are written.
+        """
         if self.reason is None and not self._closing:
             self._closing = True
-            self._queue(Goodbye(GoodbyeCode.CLOSING, reason))
+            self._queue(Goodbye(code, reason))
             self._close_reason = reason
+
+    async def close(self, reason: str) -> None:
+        """Say goodbye with *reason*, then close (waits at most ``CLOSE_TIMEOUT``)."""
+        self.close_soon(reason)
         with trio.move_on_after(CLOSE_TIMEOUT) as scope:
             await self._done.wait()
         if scope.cancelled_caught:

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ._codec import FrameDecoder, MessageIds, check_name
 from ._config import Config
 from ._connection import (
+    CLOSE_TIMEOUT,
     HELLO_LIMIT,
     EventText,
     LocalNode,
@@ -1137,11 +1138,33 @@ class Messenger:
         if existing.dialer or self.peer_id > hello.node_id:
             return existing
         # Both dialled at once and this node's id is the smaller: its dial wins.
-        await self._retire(existing, "simultaneous dial: the smaller node id's connection is kept")
+        # The connection it accepted ends after its answering hello is written:
+        # the peer's dial must read that hello to settle on the kept connection
+        # (cut before it, the peer's dial would fail as a broken handshake).
+        await self._retire(
+            existing,
+            "simultaneous dial: the smaller node id's connection is kept",
+            goodbye=GoodbyeCode.DUPLICATE,
+        )
         return None
 
-    async def _retire(self, conn: PeerConnection, reason: str, *, resumable: bool = False) -> None:
-        """End *conn* for *reason*; wait (boundedly) until its end is reported."""
+    async def _retire(
+        self,
+        conn: PeerConnection,
+        reason: str,
+        *,
+        resumable: bool = False,
+        goodbye: GoodbyeCode | None = None,
+    ) -> None:
+        """End *conn* for *reason*; wait (boundedly) until its end is reported.
+
+        With *goodbye*, what *conn* has queued is written first, then a goodbye
+        with that code (``CLOSE_TIMEOUT`` at most, then it is cut).
+        """
+        if goodbye is not None:
+            conn.close_soon(reason, goodbye)
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await conn.finished.wait()
         conn._finish(reason, resumable=resumable)
         with trio.move_on_after(self.config.handshake_timeout):
             await conn.finished.wait()
