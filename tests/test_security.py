@@ -21,7 +21,7 @@ from trio_p2p import (
     PeerDisconnected,
     open_messenger,
 )
-from trio_p2p._trust import KNOWN_PEERS_KEPT, KnownPeer, KnownPeers, Snapshot
+from trio_p2p._trust import KNOWN_PEERS_KEPT, NAMES_KEPT, KnownPeer, KnownPeers, Snapshot
 
 from .conftest import ConfigFactory
 from .helpers import texts, wait_for
@@ -390,7 +390,26 @@ def test_known_peers_file(tmp_path: pathlib.Path) -> None:
     known.save()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = KnownPeers.load(path)
-    assert again.get(ids[0]) == KnownPeer(ids[0], "A2", "1", 10.0, 12.0, named_since=12.0)
+    assert again.get(ids[0]) == KnownPeer(
+        ids[0], "A2", "1", 10.0, 12.0, (("A", 10.0), ("A2", 12.0))
+    )
+    # a name taken again keeps the time it was first taken; the history is bounded
+    assert again.remember(ids[0], "A", "1", now=14.0)
+    assert again.get(ids[0]).names == (("A2", 12.0), ("A", 10.0))  # type: ignore[union-attr]
+    for n in range(NAMES_KEPT + 1):
+        again.remember(ids[0], f"N{n}", "1", now=20.0 + n)
+    renamed = again.get(ids[0])
+    assert renamed is not None
+    assert len(renamed.names) == NAMES_KEPT
+    assert renamed.names[-1] == (f"N{NAMES_KEPT}", 20.0 + NAMES_KEPT)
+    assert renamed.named_since("A") is None  # (the oldest went)
+    # a file written before the name history was kept still loads
+    old = {"id": str(ids[2]), "name": "C", "fingerprint": "3", "first_seen": 1.0}
+    path.write_text(
+        json.dumps({"version": 1, "peers": [{**old, "last_seen": 5.0, "named_since": 4.0}]})
+    )
+    assert KnownPeers.load(path).get(ids[2]) == KnownPeer(ids[2], "C", "3", 1.0, 5.0, (("C", 4.0),))
+    again.save()
     assert [p.peer_id for p in again.others_named("B", ids[2])] == [ids[1]]
     assert again.others_named("B", ids[1]) == []
     # bounded: the least recently seen goes, if not seen lately
@@ -431,6 +450,27 @@ async def test_a_second_key_under_a_name_in_use_is_flagged_every_time(
                 await bob.send_text_message(alice.peer_id, "still here")  # (Alice is seen)
                 await bob.flush(alice.peer_id)
                 await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
+
+
+async def test_a_node_that_renames_and_comes_back_keeps_its_claim_on_the_name(
+    make_config: ConfigFactory,
+) -> None:
+    """Alice goes by 'Al' for a while, and Mallory takes 'Alice' meanwhile:
+    when Alice comes back to her name, Mallory is still the one flagged."""
+    with trio.fail_after(20):
+        async with open_messenger("Bob", make_config()) as bob:
+            alice = Identity.generate()
+            mallory = Identity.generate()
+            meetings = [("Alice", alice), ("Al", alice), ("Alice", mallory), ("Alice", alice)]
+            meetings += [("Alice", mallory)]
+            flags = []
+            for name, identity in meetings:
+                async with open_messenger(name, make_config(identity=identity)) as node:
+                    await node.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                    met = await wait_for(bob, PeerConnected, peer=identity.peer_id)
+                    flags.append(met.peer.new_key)
+                await wait_for(bob, PeerDisconnected, peer=identity.peer_id)
+            assert flags == [False, False, True, False, True]
 
 
 async def test_the_key_that_had_a_name_first_is_not_the_one_flagged(

@@ -62,7 +62,7 @@ from ._secure import SecureStream, secure_accept, secure_dial
 from ._session import Session
 from ._socketio import SocketIO
 from ._stats import Statistics
-from ._trust import KnownPeers, known_peers_path
+from ._trust import KnownPeer, KnownPeers, known_peers_path
 
 __all__ = ["Messenger", "open_messenger"]
 
@@ -1079,14 +1079,19 @@ class Messenger:
         # each connection while a key that had the name before it is still seen
         # (two keys in use under one name). A node that merely got a new key
         # leaves its old one unseen, and is flagged only the first time.
+        # (A key that had the name counts even if it has another one now, and
+        # the time a key first had a name survives renames: a node that renames
+        # and comes back keeps its claim on the name.)
         known = self.known_peers.get(peer_id)
-        since = known.named_since if known is not None and known.name == name else None
-        others = [
-            p
-            for p in self.known_peers.others_named(name, peer_id)
-            if since is None
-            or (p.named_since < since and (p.last_seen > since or p.peer_id in self._connections))
-        ]
+        since = None if known is None else known.named_since(name)
+
+        def had_it_first(other: KnownPeer) -> bool:
+            if since is None:  # (this key takes the name now)
+                return True
+            held = other.named_since(name)
+            return held is not None and held < since and self._still_seen(other, since)
+
+        others = [p for p in self.known_peers.others_named(name, peer_id) if had_it_first(p)]
         if others:
             logger.warning(
                 "peer %r (%s) has a name known with another key (id %s, fingerprint %s): "
@@ -1099,6 +1104,14 @@ class Messenger:
         if self.known_peers.remember(peer_id, name, key):
             self._known_changed.set()
         return bool(others)
+
+    def _still_seen(self, peer: KnownPeer, since: float) -> bool:
+        """Whether *peer* was seen after *since*, or is connected (or resuming) now."""
+        return (
+            peer.last_seen > since
+            or peer.peer_id in self._connections
+            or peer.peer_id in self._parked
+        )
 
     async def _known_peers_loop(self) -> None:
         """Save the known peers after each change (changes made meanwhile, at once)."""

@@ -16,6 +16,7 @@ import pathlib
 import threading
 import time
 import uuid
+from typing import Any
 
 import attrs
 
@@ -33,6 +34,9 @@ KNOWN_PEERS_LIMIT = 4096
 #: lately takes no new ones (else a flood of new keys would push out the peers
 #: whose names the new-key flag protects).
 KNOWN_PEERS_KEPT = 7 * 24 * 3600
+#: Names remembered per peer (with when each was first used), the most
+#: recently taken kept.
+NAMES_KEPT = 8
 _FORMAT_VERSION = 1
 
 
@@ -51,8 +55,11 @@ class KnownPeer:
         fingerprint: its key's fingerprint.
         first_seen: when it was first connected (Unix time).
         last_seen: when it was last connected (Unix time).
-        named_since: when it was first connected under its name (Unix time;
-            by default *first_seen*).
+        names: the names it has had, each with when it was first connected
+            under it (Unix time), the most recently taken last; its current
+            name among them (by default, since *first_seen*). At most
+            ``NAMES_KEPT``: a name taken again keeps its first time, so a peer
+            that renames and comes back to its name is still its first holder.
     """
 
     peer_id: uuid.UUID
@@ -60,9 +67,23 @@ class KnownPeer:
     fingerprint: str
     first_seen: float
     last_seen: float
-    named_since: float = attrs.field(
-        default=attrs.Factory(lambda self: self.first_seen, takes_self=True)
+    names: tuple[tuple[str, float], ...] = attrs.field(
+        default=attrs.Factory(lambda self: ((self.name, self.first_seen),), takes_self=True)
     )
+
+    def named_since(self, name: str) -> float | None:
+        """When this peer was first connected under *name*, or None if never (kept)."""
+        for known, since in self.names:
+            if known == name:
+                return since
+        return None
+
+    def renamed(self, name: str, now: float) -> KnownPeer:
+        """This peer, now called *name* (seen at *now*)."""
+        since = self.named_since(name)
+        names = [entry for entry in self.names if entry[0] != name]
+        names.append((name, now if since is None else since))
+        return attrs.evolve(self, name=name, last_seen=now, names=tuple(names[-NAMES_KEPT:]))
 
 
 @attrs.frozen
@@ -91,7 +112,7 @@ class Snapshot:
                 "fingerprint": p.fingerprint,
                 "first_seen": p.first_seen,
                 "last_seen": p.last_seen,
-                "named_since": p.named_since,
+                "names": [[name, since] for name, since in p.names],
             }
             for p in sorted(self.peers, key=lambda p: p.first_seen)
         ]
@@ -139,15 +160,7 @@ class KnownPeers:
             if data.get("version") != _FORMAT_VERSION:
                 raise ValueError(f"unknown format version {data.get('version')!r}")
             for entry in data["peers"]:
-                peer = KnownPeer(
-                    uuid.UUID(entry["id"]),
-                    str(entry["name"]),
-                    str(entry["fingerprint"]),
-                    float(entry["first_seen"]),
-                    float(entry["last_seen"]),
-                    float(entry.get("named_since", entry["first_seen"])),
-                )
-                known._peers[peer.peer_id] = peer
+                known._peers[uuid.UUID(entry["id"])] = _peer_from(entry)
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -168,8 +181,15 @@ class KnownPeers:
         return self._peers.get(peer_id)
 
     def others_named(self, name: str, peer_id: uuid.UUID) -> list[KnownPeer]:
-        """Known peers called *name* with another id than *peer_id*."""
-        return [p for p in self._peers.values() if p.name == name and p.peer_id != peer_id]
+        """Known peers with another id than *peer_id* that have had *name*.
+
+        (As far as their kept names go: see ``NAMES_KEPT``.)
+        """
+        return [
+            p
+            for p in self._peers.values()
+            if p.peer_id != peer_id and p.named_since(name) is not None
+        ]
 
     def remember(
         self, peer_id: uuid.UUID, name: str, fingerprint: str, now: float | None = None
@@ -198,7 +218,7 @@ class KnownPeers:
             self._peers[peer_id] = KnownPeer(peer_id, name, fingerprint, now, now)
             return True
         if known.name != name:
-            self._peers[peer_id] = attrs.evolve(known, name=name, last_seen=now, named_since=now)
+            self._peers[peer_id] = known.renamed(name, now)
             return True
         self._peers[peer_id] = attrs.evolve(known, last_seen=now)
         return False
@@ -250,3 +270,26 @@ class KnownPeers:
             with contextlib.suppress(OSError):
                 temporary.unlink()
             raise
+
+
+def _peer_from(entry: dict[str, Any]) -> KnownPeer:
+    """A known peer from its entry in the file.
+
+    Raises:
+        ValueError, KeyError, TypeError: the entry is malformed.
+    """
+    name = str(entry["name"])
+    first_seen = float(entry["first_seen"])
+    # (files written before the name history kept one "named_since")
+    history = entry.get("names", [[name, entry.get("named_since", first_seen)]])
+    names = [(str(n), float(since)) for n, since in history][-NAMES_KEPT:]
+    if name not in (n for n, _ in names):
+        names = [*names[1 - NAMES_KEPT :], (name, first_seen)]
+    return KnownPeer(
+        uuid.UUID(entry["id"]),
+        name,
+        str(entry["fingerprint"]),
+        first_seen,
+        float(entry["last_seen"]),
+        tuple(names),
+    )
