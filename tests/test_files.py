@@ -232,6 +232,27 @@ def test_the_sender_keeping_most_partials_loses_its_own_first(tmp_path: pathlib.
     assert {key for key in keys if f".{key}{PART_SUFFIX}" in left} == {keys[0], keys[3]}
 
 
+def test_one_host_keeping_most_partials_loses_its_own_first_whatever_its_keys(
+    tmp_path: pathlib.Path,
+) -> None:
+    folder = DownloadFolder(tmp_path, 0)
+    honest = {**DESCRIBES, "sender": str(uuid.UUID(int=1)), "address": "127.0.0.2"}
+    keys = []
+    for i in range(4):
+        # a throw-away key for each partial, all from one address
+        mallory = {**DESCRIBES, "sender": str(uuid.UUID(int=100 + i)), "address": "127.0.0.3"}
+        key = resume_key(SENDER, f"f{i}", 1, 0)
+        keys.append(key)
+        partial = folder.open_partial(key, honest if i == 0 else mallory, 1)
+        partial.file.close()
+        for path in (partial.path, partial.sidecar):
+            os.utime(path, (1000 + i, 1000 + i))
+    newest = folder.open_partial(resume_key(SENDER, "new", 1, 0), DESCRIBES, 1)
+    assert folder.keep(newest, frozenset(), limit=3) == 2
+    left = {p.name for p in tmp_path.iterdir()}
+    assert {key for key in keys if f".{key}{PART_SUFFIX}" in left} == {keys[0], keys[3]}
+
+
 def test_room_is_checked_with_the_margin(tmp_path: pathlib.Path) -> None:
     folder = DownloadFolder(tmp_path / "not-yet", 1 << 20)
     folder.check_room(1000)  # the nearest existing parent's file system is used

@@ -297,11 +297,13 @@ class DownloadFolder:
     def keep(self, partial: Partial, busy: Container[str], limit: int | None = None) -> int:
         """Close *partial*, kept to resume; remove kept partials beyond *limit*.
 
-        Those of the sender that keeps the most go first, the oldest first: one
-        sender's many broken-off transfers push out its own partials before
-        anyone else's. *busy* holds the keys of partials in use (transfers
-        under way, or waiting to be offered again), never removed; it may change
-        meanwhile on the event loop, so each key is looked up just before its
+        Those of the sender address that keeps the most go first, the oldest
+        first: one host's many broken-off transfers push out its own partials
+        before anyone else's, under however many keys it sends them (a key is
+        cheap to make; the sender's id counts where no address was recorded).
+        *busy* holds the keys of partials in use (transfers under way, or
+        waiting to be offered again), never removed; it may change meanwhile
+        on the event loop, so each key is looked up just before its
         removal. Returns how many partials were removed. (*limit*: by default
         ``PARTIALS_KEPT``.)
         """
@@ -315,7 +317,7 @@ class DownloadFolder:
                     key = name[1 : -len(PART_SUFFIX)]
                     if key not in busy:
                         with contextlib.suppress(FileNotFoundError):
-                            kept.append((path.stat().st_mtime, key, self._sender(key)))
+                            kept.append((path.stat().st_mtime, key, self._keeper(key)))
         excess = len(kept) + 1 - limit
         if excess <= 0:
             return 0
@@ -330,13 +332,17 @@ class DownloadFolder:
             removed += 1
         return removed
 
-    def _sender(self, key: str) -> str:
-        """The sender a kept partial's description names ("" if none can be read)."""
+    def _keeper(self, key: str) -> str:
+        """Who keeps a partial: its sender's address, else its sender's id.
+
+        (From the partial's description; "" if neither can be read.)
+        """
         try:
-            sender = json.loads(self._paths(key)[1].read_text(encoding="utf-8")).get("sender")
+            describes = json.loads(self._paths(key)[1].read_text(encoding="utf-8"))
+            keeper = describes.get("address") or describes.get("sender")
         except (OSError, ValueError, AttributeError):
             return ""
-        return sender if isinstance(sender, str) else ""
+        return keeper if isinstance(keeper, str) else ""
 
     def sweep(self, ttl: float, now: float | None = None) -> int:
         """Remove partials and sidecars untouched for *ttl* seconds; return how many."""

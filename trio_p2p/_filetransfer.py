@@ -844,6 +844,7 @@ class FileService:
         work.claimed = True
         describes: dict[str, object] = {
             "sender": str(conn.peer_id),
+            "address": conn.peer.address,
             "name": transfer.name,
             "size": transfer.size,
             "mtime_ns": transfer.mtime_ns,
