@@ -13,6 +13,8 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
+from typing import Any
 
 import attrs
 import blake3
@@ -398,3 +400,16 @@ async def test_broken_off_transfers_cannot_push_out_a_partial_that_waits_to_resu
             async with raw_peer(bob, "Alice", alice) as peer:
                 await peer.send(FileOffer(tid, "f.bin", 4, MiB, 1))
                 assert await peer.receive(FileAccept) == FileAccept(tid, 2)
+
+
+def test_a_transfer_offered_again_keeps_its_partial_in_use_before_it_is_received() -> None:
+    """Between leaving the suspended transfers and being received again, a
+    continued transfer's partial is in use (a trim meanwhile must spare it)."""
+    suspended = SimpleNamespace(key="continued")  # (a _Suspended, as far as it matters)
+    incoming: dict[uuid.UUID, Any] = {uuid.uuid4(): SimpleNamespace(continues=None)}
+    in_use = filetransfer._PartialsInUse({"under way"}, {}, incoming)
+    assert "under way" in in_use
+    assert "continued" not in in_use
+    incoming[uuid.uuid4()] = SimpleNamespace(continues=suspended)
+    assert "continued" in in_use
+    assert "another" not in in_use

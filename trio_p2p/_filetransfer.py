@@ -268,18 +268,29 @@ class _Suspended:
 class _PartialsInUse:
     """The resume keys of partials in use: transfers under way or suspended.
 
+    A suspended transfer offered again is in use from the moment it leaves
+    the suspended ones (its offer continues it), before it is received again.
     Looked up from a worker thread (see ``DownloadFolder.keep``) while the
     event loop changes the collections: lookups only, each atomic.
     """
 
-    def __init__(self, receiving: set[str], suspended: dict[uuid.UUID, _Suspended]) -> None:
+    def __init__(
+        self,
+        receiving: set[str],
+        suspended: dict[uuid.UUID, _Suspended],
+        incoming: dict[uuid.UUID, _Incoming],
+    ) -> None:
         self._receiving = receiving
         self._suspended = suspended
+        self._incoming = incoming
 
     def __contains__(self, key: object) -> bool:
         if key in self._receiving:
             return True
-        return any(s.key == key for s in list(self._suspended.values()))
+        if any(s.key == key for s in list(self._suspended.values())):
+            return True
+        continuing = [i.continues for i in list(self._incoming.values())]
+        return any(c is not None and c.key == key for c in continuing)
 
 
 class FileService:
@@ -758,7 +769,7 @@ class FileService:
                 if work.keep and transfer.received > 0:
                     # (the live set: a transfer that claims a partial meanwhile
                     # keeps it; the check is made just before each removal)
-                    in_use = _PartialsInUse(self._receiving, self._suspended)
+                    in_use = _PartialsInUse(self._receiving, self._suspended, self._incoming)
                     close: Callable[[], int | None] = functools.partial(
                         self.folder.keep, partial, in_use
                     )
