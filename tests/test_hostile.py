@@ -560,7 +560,8 @@ async def test_a_stranger_cannot_make_a_node_dial_another_address_again_and_agai
     """A peer with a key of its own connects, announces (signed, from a forged
     source) that it is at someone else's address, and breaks the connection:
     the node dials that address at most UNPROVEN_DIALS times, not until the
-    session's resume timeout."""
+    session's resume timeout, though the session lives on (something still
+    listens where the peer was connected: the node dials there instead)."""
     with trio.fail_after(20):
         async with open_messenger("Alice", make_config(resume_timeout=30)) as a:
             mallory = Identity.generate()
@@ -570,18 +571,25 @@ async def test_a_stranger_cannot_make_a_node_dial_another_address_again_and_agai
             for _ in range(4):  # (Mallory names one port after another)
                 listeners += await trio.open_tcp_listeners(0, host="127.0.0.9")
             ports = [listener.socket.getsockname()[1] for listener in listeners]
-            port = ports[0]
+            home = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            home_port = home[0].socket.getsockname()[1]  # (the port of Mallory's hello)
             dials: list[float] = []
+            home_dials: list[float] = []
 
             async def someone_else(stream: trio.SocketStream) -> None:
                 dials.append(trio.current_time())
                 await trio.aclose_forcefully(stream)
 
+            async def at_home(stream: trio.SocketStream) -> None:
+                home_dials.append(trio.current_time())
+                await trio.aclose_forcefully(stream)
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.serve_listeners, someone_else, listeners)
+                nursery.start_soon(trio.serve_listeners, at_home, home)
                 stream, _ = await secure_dial_raw(a.tcp_port, mallory)
                 hello = Hello(
-                    PROTOCOL_VERSION, mallory.peer_id, b"n" * 16, "Mallory", port, 1 << 20
+                    PROTOCOL_VERSION, mallory.peer_id, b"n" * 16, "Mallory", home_port, 1 << 20
                 )
                 await stream.send_all(encode_frame(hello))
                 await receive_hello(stream, FrameDecoder(1 << 20))
@@ -609,9 +617,11 @@ async def test_a_stranger_cannot_make_a_node_dial_another_address_again_and_agai
                 assert event.resuming
                 await trio.sleep(5)  # (without the bound: a dial every 2 s at most)
                 nursery.cancel_scope.cancel()
-            for listener in listeners:
+            for listener in listeners + home:
                 await listener.aclose()
             assert 1 <= len(dials) <= 2, dials
+            assert home_dials  # (the session was not given up)
+            assert mallory.peer_id in a._parked
 
 
 async def test_sessions_kept_for_broken_connections_are_bounded(
