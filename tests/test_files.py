@@ -232,6 +232,19 @@ def test_the_sender_keeping_most_partials_loses_its_own_first(tmp_path: pathlib.
     assert {key for key in keys if f".{key}{PART_SUFFIX}" in left} == {keys[0], keys[3]}
 
 
+def test_a_partial_resumes_when_the_same_sender_comes_from_another_address(
+    tmp_path: pathlib.Path,
+) -> None:
+    folder = DownloadFolder(tmp_path, 0)
+    key = resume_key(SENDER, "f", 100, 0)
+    partial = folder.open_partial(key, {**DESCRIBES, "address": "127.0.0.2"}, 100)
+    partial.file.write(b"x" * 50)
+    partial.file.close()
+    assert folder.held(key, {**DESCRIBES, "address": "127.0.0.3"}, 100) == 50
+    assert folder.held(key, DESCRIBES, 100) == 50  # (a sidecar from before addresses)
+    assert folder.held(key, {**DESCRIBES, "size": 99}, 100) == 0  # (another file)
+
+
 def test_one_host_keeping_most_partials_loses_its_own_first_whatever_its_keys(
     tmp_path: pathlib.Path,
 ) -> None:
@@ -267,3 +280,20 @@ def test_a_dangling_link_counts_as_taken(tmp_path: pathlib.Path) -> None:
     partial = folder.open_partial(resume_key(SENDER, "a.txt", 1, 0), DESCRIBES, 1)
     partial.file.write(b"x")
     assert folder.finish(partial, "a.txt") == tmp_path / "a (1).txt"  # and it returns
+
+
+def test_the_partial_being_kept_counts_for_its_own_sender(tmp_path: pathlib.Path) -> None:
+    folder = DownloadFolder(tmp_path, 0)
+    honest = {**DESCRIBES, "address": "127.0.0.2"}
+    mallory = {**DESCRIBES, "address": "127.0.0.3"}
+    keys = [resume_key(SENDER, f"f{i}", 1, 0) for i in range(2)]
+    for i, (key, describes) in enumerate(zip(keys, [honest, mallory], strict=True)):
+        partial = folder.open_partial(key, describes, 1)
+        partial.file.close()
+        for path in (partial.path, partial.sidecar):
+            os.utime(path, (1000 + i, 1000 + i))
+    newest = folder.open_partial(resume_key(SENDER, "new", 1, 0), mallory, 1)
+    # one each among the candidates, but Mallory keeps two with the newest
+    assert folder.keep(newest, frozenset(), limit=2) == 1
+    left = {p.name for p in tmp_path.iterdir()}
+    assert [key for key in keys if f".{key}{PART_SUFFIX}" in left] == [keys[0]]

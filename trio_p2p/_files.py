@@ -160,6 +160,22 @@ def resume_key(sender: uuid.UUID, name: str, size: int, mtime_ns: int) -> str:
     return blake3.blake3(cbor2.dumps([sender.bytes, name, size, mtime_ns])).hexdigest()[:32]
 
 
+#: what a sidecar records of who sent the file, besides what describes it: not
+#: compared (the same file sent again from another address resumes)
+KEEPER_FIELDS = frozenset({"address"})
+
+
+def _same_file(recorded: object, describes: dict[str, object]) -> bool:
+    """Whether a sidecar's *recorded* description is that of *describes*."""
+    if not isinstance(recorded, dict):
+        return False
+
+    def what(description: dict[str, object]) -> dict[str, object]:
+        return {k: v for k, v in description.items() if k not in KEEPER_FIELDS}
+
+    return what(recorded) == what(describes)
+
+
 def hash_range(file: BinaryIO, length: int, hasher: blake3.blake3) -> None:
     """Feed the first *length* bytes of *file* to *hasher* (the position moves)."""
     file.seek(0)
@@ -214,7 +230,7 @@ class DownloadFolder:
             held = part.stat().st_size
         except (OSError, ValueError):
             return 0
-        return held if recorded == describes and held <= size else 0
+        return held if _same_file(recorded, describes) and held <= size else 0
 
     def check_room(self, size: int, held: int = 0, reserved: int = 0) -> None:
         """Raise :exc:`OSError` unless the rest of a *size*-byte file fits.
@@ -322,6 +338,7 @@ class DownloadFolder:
         if excess <= 0:
             return 0
         counts = collections.Counter(sender for _, _, sender in kept)
+        counts[self._keeper(partial.key)] += 1  # (kept, if not a candidate)
         kept.sort(key=lambda entry: (-counts[entry[2]], entry[0]))
         removed = 0
         for _, key, _ in kept[:excess]:
