@@ -696,9 +696,13 @@ class PeerConnection:
             self._queue(Goodbye(code, reason))
             self._close_reason = reason
 
-    async def close(self, reason: str) -> None:
-        """Say goodbye with *reason*, then close (waits at most ``CLOSE_TIMEOUT``)."""
-        self.close_soon(reason)
+    async def close(self, reason: str, code: GoodbyeCode = GoodbyeCode.CLOSING) -> None:
+        """Say goodbye with *reason* (and *code*), then close.
+
+        What was queued before is written first; after ``CLOSE_TIMEOUT`` the
+        connection is cut.
+        """
+        self.close_soon(reason, code)
         with trio.move_on_after(CLOSE_TIMEOUT) as scope:
             await self._done.wait()
         if scope.cancelled_caught:

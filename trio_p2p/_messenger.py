@@ -21,7 +21,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from ._codec import FrameDecoder, MessageIds, check_name
 from ._config import Config
 from ._connection import (
-    CLOSE_TIMEOUT,
     HELLO_LIMIT,
     EventText,
     LocalNode,
@@ -1174,10 +1173,8 @@ class Messenger:
         With *goodbye*, what *conn* has queued is written first, then a goodbye
         with that code (``CLOSE_TIMEOUT`` at most, then it is cut).
         """
-        if goodbye is not None:
-            conn.close_soon(reason, goodbye)
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await conn.finished.wait()
+        if goodbye is not None:  # (the connection's end, not its report: bounded alone)
+            await conn.close(reason, goodbye)
         conn._finish(reason, resumable=resumable)
         with trio.move_on_after(self.config.handshake_timeout):
             await conn.finished.wait()
