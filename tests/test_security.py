@@ -473,6 +473,57 @@ async def test_a_node_that_renames_and_comes_back_keeps_its_claim_on_the_name(
             assert flags == [False, False, True, False, True]
 
 
+async def test_a_name_taken_while_its_holder_was_connected_stays_flagged_after_it_left(
+    make_config: ConfigFactory,
+) -> None:
+    """Alice is connected when Mallory takes her name, and leaves: Mallory's
+    next connections are still flagged (Alice was seen after Mallory took it)."""
+    with trio.fail_after(15):
+        async with open_messenger("Bob", make_config()) as bob:
+            mallory = Identity.generate()
+            flags = []
+            async with open_messenger("Alice", make_config()) as alice:
+                await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                await wait_for(bob, PeerConnected, peer=alice.peer_id)
+                for _ in range(2):
+                    async with open_messenger("Alice", make_config(identity=mallory)) as fake:
+                        await fake.connect_to_peer(("127.0.0.1", bob.tcp_port))
+                        met = await wait_for(bob, PeerConnected, peer=mallory.peer_id)
+                        flags.append(met.peer.new_key)
+                    await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
+                    if not flags[1:]:
+                        await alice.disconnect_peer(bob.peer_id)  # (Alice leaves)
+                        await wait_for(bob, PeerDisconnected, peer=alice.peer_id)
+            assert flags == [True, True]
+
+
+async def test_a_name_given_up_is_flagged_once_for_the_next_key_that_takes_it(
+    make_config: ConfigFactory,
+) -> None:
+    """Bob went by 'pi' once, and is 'bob' now (and connected): Carol calling
+    herself 'pi' is flagged when she takes the name, not at every connection
+    after."""
+    with trio.fail_after(15):
+        async with open_messenger("Dave", make_config()) as dave:
+            bob = Identity.generate()
+            carol = Identity.generate()
+            async with open_messenger("pi", make_config(identity=bob)) as node:
+                await node.connect_to_peer(("127.0.0.1", dave.tcp_port))
+                await wait_for(dave, PeerConnected, peer=bob.peer_id)
+            await wait_for(dave, PeerDisconnected, peer=bob.peer_id)
+            flags = []
+            async with open_messenger("bob", make_config(identity=bob)) as node:
+                await node.connect_to_peer(("127.0.0.1", dave.tcp_port))
+                await wait_for(dave, PeerConnected, peer=bob.peer_id)
+                for _ in range(2):
+                    async with open_messenger("pi", make_config(identity=carol)) as other:
+                        await other.connect_to_peer(("127.0.0.1", dave.tcp_port))
+                        met = await wait_for(dave, PeerConnected, peer=carol.peer_id)
+                        flags.append(met.peer.new_key)
+                    await wait_for(dave, PeerDisconnected, peer=carol.peer_id)
+            assert flags == [True, False]
+
+
 async def test_the_key_that_had_a_name_first_is_not_the_one_flagged(
     make_config: ConfigFactory,
 ) -> None:
@@ -500,3 +551,34 @@ async def test_the_key_that_had_a_name_first_is_not_the_one_flagged(
                 await again.connect_to_peer(("127.0.0.1", bob.tcp_port))
                 met = await wait_for(bob, PeerConnected, peer=alice.peer_id)
                 assert not met.peer.new_key
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"last_seen": float("nan")},
+        {"first_seen": float("-inf")},
+        {"first_seen": "10"},
+        {"names": {"x1": 0}},
+        {"names": [["x", 1.0, 2.0]]},
+        {"names": [[1, 1.0]]},
+        {"names": [["x", True]]},
+        {"name": ["x"]},
+    ],
+)
+def test_a_known_peers_file_with_bad_values_is_set_aside(
+    tmp_path: pathlib.Path, change: dict[str, object]
+) -> None:
+    path = tmp_path / "id.key.known.json"
+    good = {"id": str(uuid.uuid4()), "name": "C", "fingerprint": "3"}
+    entry = {**good, "first_seen": 1.0, "last_seen": 2.0, **change}
+    path.write_text(json.dumps({"version": 1, "peers": [entry]}))
+    assert len(KnownPeers.load(path)) == 0
+    assert path.with_name(path.name + ".bad").exists()
+
+
+def test_a_deeply_nested_known_peers_file_is_set_aside(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "id.key.known.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    assert len(KnownPeers.load(path)) == 0
+    assert path.with_name(path.name + ".bad").exists()

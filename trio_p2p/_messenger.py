@@ -1078,17 +1078,22 @@ class Messenger:
         # each connection while a key that had the name before it is still seen
         # (two keys in use under one name). A node that merely got a new key
         # leaves its old one unseen, and is flagged only the first time.
-        # (A key that had the name counts even if it has another one now, and
-        # the time a key first had a name survives renames: a node that renames
-        # and comes back keeps its claim on the name.)
+        # (Taking a name another key had, even if it has another one now, is
+        # flagged; the time a key first had a name survives renames: a node that
+        # renames and comes back keeps its claim on the name.)
         known = self.known_peers.get(peer_id)
         since = None if known is None else known.named_since(name)
 
         def had_it_first(other: KnownPeer) -> bool:
-            if since is None:  # (this key takes the name now)
+            if since is None:  # (this key takes the name now: another has or had it)
                 return True
             held = other.named_since(name)
-            return held is not None and held < since and self._still_seen(other, since)
+            return (
+                held is not None
+                and held < since
+                and other.name == name  # (one that gave the name up is not in use under it)
+                and self._still_seen(other, since)
+            )
 
         others = [p for p in self.known_peers.others_named(name, peer_id) if had_it_first(p)]
         if others:
@@ -1265,6 +1270,7 @@ class Messenger:
         reason = conn.reason or "the connection was cancelled"
         if self._connections.get(peer.id) is conn:
             del self._connections[peer.id]
+        self.known_peers.seen(peer.id)  # (seen until now: see _remember)
         self._counters.update(conn.counters())
         self._files.connection_ended(conn)
         if conn.failure is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
 import pathlib
 import threading
@@ -54,7 +55,8 @@ class KnownPeer:
         name: the name it last had.
         fingerprint: its key's fingerprint.
         first_seen: when it was first connected (Unix time).
-        last_seen: when it was last connected (Unix time).
+        last_seen: when it was last connected, or its last connection ended
+            (Unix time).
         names: the names it has had, each with when it was first connected
             under it (Unix time), the most recently taken last; its current
             name among them (by default, since *first_seen*). At most
@@ -163,7 +165,7 @@ class KnownPeers:
                 known._peers[uuid.UUID(entry["id"])] = _peer_from(entry)
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             logger.warning("known peers file %s is unusable (%s); starting afresh", path, exc)
             with contextlib.suppress(OSError):
                 path.replace(path.with_name(path.name + ".bad"))
@@ -223,6 +225,17 @@ class KnownPeers:
         self._peers[peer_id] = attrs.evolve(known, last_seen=now)
         return False
 
+    def seen(self, peer_id: uuid.UUID, now: float | None = None) -> None:
+        """Record that a known peer was connected until *now* (its connection ended).
+
+        (Saved with the next change: not worth a write alone.)
+        """
+        known = self._peers.get(peer_id)
+        if known is not None:
+            self._peers[peer_id] = attrs.evolve(
+                known, last_seen=time.time() if now is None else now
+            )
+
     def save(self) -> None:
         """Write the peers to the file (atomically, readable by the owner only).
 
@@ -278,11 +291,19 @@ def _peer_from(entry: dict[str, Any]) -> KnownPeer:
     Raises:
         ValueError, KeyError, TypeError: the entry is malformed.
     """
-    name = str(entry["name"])
-    first_seen = float(entry["first_seen"])
+    name = entry["name"]
+    if not isinstance(name, str):
+        raise TypeError(f"a name that is not a string: {name!r}")
+    first_seen = _time(entry["first_seen"])
     # (files written before the name history kept one "named_since")
     history = entry.get("names", [[name, entry.get("named_since", first_seen)]])
-    names = [(str(n), float(since)) for n, since in history][-NAMES_KEPT:]
+    if not isinstance(history, list):
+        raise TypeError("names that are not a list")
+    names = []
+    for item in history[-NAMES_KEPT:]:
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise TypeError(f"a kept name that is not [name, time]: {item!r}")
+        names.append((item[0], _time(item[1])))
     if name not in (n for n, _ in names):
         names = [*names[1 - NAMES_KEPT :], (name, first_seen)]
     return KnownPeer(
@@ -290,6 +311,19 @@ def _peer_from(entry: dict[str, Any]) -> KnownPeer:
         name,
         str(entry["fingerprint"]),
         first_seen,
-        float(entry["last_seen"]),
+        _time(entry["last_seen"]),
         tuple(names),
     )
+
+
+def _time(value: object) -> float:
+    """A time from the file: a finite number.
+
+    Raises:
+        ValueError, TypeError: it is not one.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a time that is not a number: {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"a time that is not finite: {value!r}")
+    return float(value)
