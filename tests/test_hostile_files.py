@@ -402,14 +402,16 @@ async def test_broken_off_transfers_cannot_push_out_a_partial_that_waits_to_resu
                 assert await peer.receive(FileAccept) == FileAccept(tid, 2)
 
 
-def test_a_transfer_offered_again_keeps_its_partial_in_use_before_it_is_received() -> None:
-    """Between leaving the suspended transfers and being received again, a
-    continued transfer's partial is in use (a trim meanwhile must spare it)."""
-    suspended = SimpleNamespace(key="continued")  # (a _Suspended, as far as it matters)
-    incoming: dict[uuid.UUID, Any] = {uuid.uuid4(): SimpleNamespace(continues=None)}
-    in_use = filetransfer._PartialsInUse({"under way"}, {}, incoming)
+def test_an_offer_holds_its_partial_in_use_from_the_moment_it_is_taken_in() -> None:
+    """Offered (waiting for the application, or continuing a broken-off
+    transfer) and not yet received: its partial is in use (a trim meanwhile
+    must spare it), as are those of transfers under way or suspended."""
+    suspended = SimpleNamespace(key="suspended")  # (a _Suspended, as far as it matters)
+    incoming: dict[uuid.UUID, Any] = {uuid.uuid4(): SimpleNamespace(key="")}
+    in_use = filetransfer._PartialsInUse({"under way"}, {uuid.uuid4(): suspended}, incoming)  # type: ignore[dict-item]
     assert "under way" in in_use
-    assert "continued" not in in_use
-    incoming[uuid.uuid4()] = SimpleNamespace(continues=suspended)
-    assert "continued" in in_use
+    assert "suspended" in in_use
+    assert "offered" not in in_use
+    incoming[uuid.uuid4()] = SimpleNamespace(key="offered")
+    assert "offered" in in_use
     assert "another" not in in_use

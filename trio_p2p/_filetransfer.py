@@ -246,6 +246,8 @@ class _Incoming:
     reason: str = ""
     #: when it goes on after a broken connection: its progress events so far
     continues: _Suspended | None = None
+    #: the resume key of its partial (in use from the offer on; "" for none)
+    key: str = ""
     #: set once its task has ended (and suspended it, if it was interrupted)
     done: trio.Event = attrs.field(factory=trio.Event)
 
@@ -266,12 +268,12 @@ class _Suspended:
 
 
 class _PartialsInUse:
-    """The resume keys of partials in use: transfers under way or suspended.
+    """The resume keys of partials in use: transfers offered, under way or suspended.
 
-    A suspended transfer offered again is in use from the moment it leaves
-    the suspended ones (its offer continues it), before it is received again.
-    Looked up from a worker thread (see ``DownloadFolder.keep``) while the
-    event loop changes the collections: lookups only, each atomic.
+    An offer holds its partial from the moment it is taken in (before it is
+    accepted, or received again after a broken connection). Looked up from a
+    worker thread (see ``DownloadFolder.keep``) while the event loop changes
+    the collections: lookups only, each atomic.
     """
 
     def __init__(
@@ -285,12 +287,13 @@ class _PartialsInUse:
         self._incoming = incoming
 
     def __contains__(self, key: object) -> bool:
+        # (A transfer moving from one collection to another is added to the new
+        # one before it leaves the old: a lookup between the two finds it.)
         if key in self._receiving:
             return True
-        if any(s.key == key for s in list(self._suspended.values())):
+        if any(i.key == key for i in list(self._incoming.values())):
             return True
-        continuing = [i.continues for i in list(self._incoming.values())]
-        return any(c is not None and c.key == key for c in continuing)
+        return any(s.key == key for s in list(self._suspended.values()))
 
 
 class FileService:
@@ -639,8 +642,7 @@ class FileService:
                 transfer.size,
                 transfer.mtime_ns,
             ):
-                del self._suspended[transfer.id]
-                continues = suspended
+                continues = suspended  # (it leaves the suspended ones below)
                 record = continues.record
             else:  # (accepted as that file: it may not become another one)
                 raise ProtocolError(
@@ -648,6 +650,8 @@ class FileService:
                     f"which was of {suspended.record.filename!r}"
                 )
         refusal = self._refusal(conn, transfer)
+        if refusal and continues is not None:
+            del self._suspended[transfer.id]
         if refusal:
             refused.info("refused %s from %s: %s", transfer.name, conn.peer.name, refusal)
             # Awaited: a peer that offers without reading the answers is held back,
@@ -662,8 +666,11 @@ class FileService:
             await self._send_event(FileTransferFailed(record, TransferError(f"refused: {refusal}")))
             return
         send, receive = trio.open_memory_channel[FileChunk | FileEnd](CHUNK_QUEUE)
-        incoming = _Incoming(conn, transfer, record, send, receive, continues=continues)
+        key = resume_key(conn.peer_id, transfer.name, transfer.size, transfer.mtime_ns)
+        incoming = _Incoming(conn, transfer, record, send, receive, continues=continues, key=key)
         self._incoming[transfer.id] = incoming
+        if continues is not None:  # (in use all along: in the incoming ones now)
+            del self._suspended[transfer.id]
         if self.config.auto_accept_files or continues is not None:  # (accepted before)
             incoming.accepted = True
             incoming.answered.set()
@@ -754,9 +761,12 @@ class FileService:
 
     async def _receive_steps(self, incoming: _Incoming) -> None:
         conn, transfer = incoming.conn, incoming.transfer
-        work = _Receiving(resume_key(conn.peer_id, transfer.name, transfer.size, transfer.mtime_ns))
+        work = _Receiving(incoming.key)
+        failure: TransferError | None = None
+        suspended = None
         try:
             failure = await self._run_receive(incoming, work)
+            suspended = self._suspension(incoming, work, failure)
         except BaseException:  # cancelled with the messenger
             self._counters["transfers_failed"] += 1
             error = TransferError("the messenger was closed")
@@ -779,6 +789,8 @@ class FileService:
                     removed = await trio.to_thread.run_sync(close)
                 if removed:
                     logger.info("removed the %d oldest partial files (too many kept)", removed)
+            if suspended is not None:  # (in use all along: suspended before it leaves)
+                self._suspended[transfer.id] = suspended
             if work.claimed:
                 self._receiving.discard(work.key)
             self._reserved -= work.reserved
@@ -786,17 +798,7 @@ class FileService:
             if self._incoming.get(transfer.id) is incoming:
                 del self._incoming[transfer.id]
             conn.transfers.end(transfer.id)
-        limit = TOTAL_INCOMING_FACTOR * self.config.max_incoming_transfers
-        if (
-            isinstance(failure, _Interrupted)
-            and self.config.resume_timeout > 0
-            and len(self._suspended) < limit
-        ):
-            # Its session may carry on: wait for the sender to offer it again.
-            suspended = _Suspended(
-                conn.peer_id, incoming.record, work.progress, failure, transfer.mtime_ns, work.key
-            )
-            self._suspended[transfer.id] = suspended
+        if suspended is not None:
             self._nursery.start_soon(self._expire, transfer.id, suspended)
             logger.info("receiving %s from %s waits: %s", transfer.name, conn.peer.name, failure)
             return
@@ -815,6 +817,30 @@ class FileService:
         if work.progress is not None and (final := work.progress.final()) is not None:
             await self._send_event(final)
         await self._send_event(FileTransferCompleted(record))
+
+    def _suspension(
+        self, incoming: _Incoming, work: _Receiving, failure: TransferError | None
+    ) -> _Suspended | None:
+        """How a transfer that ended with *failure* waits to be offered again, if it may.
+
+        (One whose connection broke, while fewer than the limit wait.)
+        """
+        limit = TOTAL_INCOMING_FACTOR * self.config.max_incoming_transfers
+        if (
+            not isinstance(failure, _Interrupted)
+            or self.config.resume_timeout <= 0
+            or len(self._suspended) >= limit
+        ):
+            return None
+        transfer = incoming.transfer
+        return _Suspended(
+            incoming.conn.peer_id,
+            incoming.record,
+            work.progress,
+            failure,
+            transfer.mtime_ns,
+            work.key,
+        )
 
     async def _run_receive(self, incoming: _Incoming, work: _Receiving) -> TransferError | None:
         """Receive the file; return why it failed, or None once it is saved."""
