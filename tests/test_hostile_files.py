@@ -415,3 +415,40 @@ def test_an_offer_holds_its_partial_in_use_from_the_moment_it_is_taken_in() -> N
     incoming[uuid.uuid4()] = SimpleNamespace(key="offered")
     assert "offered" in in_use
     assert "another" not in in_use
+
+
+async def test_a_fresh_offer_waiting_for_the_application_keeps_the_partial_it_resumes(
+    make_config: ConfigFactory, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alice offers again a file whose transfer broke (no session to carry on):
+    while the application has not answered, strangers' broken-off transfers
+    cannot push out the partial the offer will resume."""
+    monkeypatch.setattr(files, "PARTIALS_KEPT", 3)
+    config = make_config(download_dir=tmp_path, auto_accept_files=False, resume_timeout=0)
+    with trio.fail_after(20):
+        async with open_messenger("Bob", config) as bob:
+            alice = Identity.generate()
+            async with raw_peer(bob, "Alice", alice) as peer:
+                tid = uuid.uuid4()
+                await peer.send(FileOffer(tid, "f.bin", 4, MiB, 1))
+                bob.accept_file((await wait_for(bob, FileOffered)).transfer.id)
+                await peer.receive(FileAccept)
+                await peer.send(FileChunk(tid, 0, b"ab"))
+                await still_serving(bob, peer)
+            await wait_for(bob, FileTransferFailed)  # (its partial is kept)
+            async with raw_peer(bob, "Alice", alice) as peer:
+                again = uuid.uuid4()
+                await peer.send(FileOffer(again, "f.bin", 4, MiB, 1))
+                await wait_for(bob, FileOffered)  # (not answered yet)
+                async with raw_peer(bob) as mallory:
+                    for i in range(4):
+                        other = uuid.uuid4()
+                        await mallory.send(FileOffer(other, f"junk{i}", 4, MiB, 1))
+                        bob.accept_file((await wait_for(bob, FileOffered)).transfer.id)
+                        await mallory.receive(FileAccept)
+                        await mallory.send(FileChunk(other, 0, b"j"), FileCancel(other, "bye"))
+                        await wait_for(bob, FileTransferFailed)
+                partials = [n for n in names(tmp_path) if n.endswith(files.PART_SUFFIX)]
+                assert len(partials) == 3 + 1  # (the bound, and the one offered besides)
+                bob.accept_file(again)
+                assert await peer.receive(FileAccept) == FileAccept(again, 2)
