@@ -214,22 +214,31 @@ def test_kept_partials_are_bounded_oldest_first_busy_ones_never(tmp_path: pathli
     assert len(left) == 9  # four partials with their sidecars, and mine.txt
 
 
-def test_the_sender_keeping_most_partials_loses_its_own_first(tmp_path: pathlib.Path) -> None:
-    folder = DownloadFolder(tmp_path, 0)
-    honest = {**DESCRIBES, "sender": str(uuid.UUID(int=2))}
+def aged_partials(folder: DownloadFolder, descriptions: list[dict[str, object]]) -> list[str]:
+    """One kept partial per description (their keys), each a second older than the next."""
     keys = []
-    for i, describes in enumerate([honest, DESCRIBES, DESCRIBES, DESCRIBES]):
+    for i, describes in enumerate(descriptions):
         key = resume_key(SENDER, f"f{i}", 1, 0)
         keys.append(key)
         partial = folder.open_partial(key, describes, 1)
         partial.file.close()
         for path in (partial.path, partial.sidecar):
             os.utime(path, (1000 + i, 1000 + i))
+    return keys
+
+
+def still_kept(folder: DownloadFolder, keys: list[str]) -> list[str]:
+    return [key for key in keys if (folder.folder / f".{key}{PART_SUFFIX}").exists()]
+
+
+def test_the_sender_keeping_most_partials_loses_its_own_first(tmp_path: pathlib.Path) -> None:
+    folder = DownloadFolder(tmp_path, 0)
+    honest = {**DESCRIBES, "sender": str(uuid.UUID(int=2))}
+    keys = aged_partials(folder, [honest, DESCRIBES, DESCRIBES, DESCRIBES])
     newest = folder.open_partial(resume_key(SENDER, "new", 1, 0), DESCRIBES, 1)
     assert folder.keep(newest, frozenset(), limit=3) == 2
-    left = {p.name for p in tmp_path.iterdir()}
     # the honest sender's partial is the oldest, but the other sender keeps more
-    assert {key for key in keys if f".{key}{PART_SUFFIX}" in left} == {keys[0], keys[3]}
+    assert still_kept(folder, keys) == [keys[0], keys[3]]
 
 
 def test_a_partial_resumes_when_the_same_sender_comes_from_another_address(
@@ -250,20 +259,15 @@ def test_one_host_keeping_most_partials_loses_its_own_first_whatever_its_keys(
 ) -> None:
     folder = DownloadFolder(tmp_path, 0)
     honest = {**DESCRIBES, "sender": str(uuid.UUID(int=1)), "address": "127.0.0.2"}
-    keys = []
-    for i in range(4):
-        # a throw-away key for each partial, all from one address
-        mallory = {**DESCRIBES, "sender": str(uuid.UUID(int=100 + i)), "address": "127.0.0.3"}
-        key = resume_key(SENDER, f"f{i}", 1, 0)
-        keys.append(key)
-        partial = folder.open_partial(key, honest if i == 0 else mallory, 1)
-        partial.file.close()
-        for path in (partial.path, partial.sidecar):
-            os.utime(path, (1000 + i, 1000 + i))
+    # a throw-away key for each of Mallory's partials, all from one address
+    mallory = [
+        {**DESCRIBES, "sender": str(uuid.UUID(int=100 + i)), "address": "127.0.0.3"}
+        for i in range(3)
+    ]
+    keys = aged_partials(folder, [honest, *mallory])
     newest = folder.open_partial(resume_key(SENDER, "new", 1, 0), DESCRIBES, 1)
     assert folder.keep(newest, frozenset(), limit=3) == 2
-    left = {p.name for p in tmp_path.iterdir()}
-    assert {key for key in keys if f".{key}{PART_SUFFIX}" in left} == {keys[0], keys[3]}
+    assert still_kept(folder, keys) == [keys[0], keys[3]]
 
 
 def test_room_is_checked_with_the_margin(tmp_path: pathlib.Path) -> None:
@@ -286,14 +290,8 @@ def test_the_partial_being_kept_counts_for_its_own_sender(tmp_path: pathlib.Path
     folder = DownloadFolder(tmp_path, 0)
     honest = {**DESCRIBES, "address": "127.0.0.2"}
     mallory = {**DESCRIBES, "address": "127.0.0.3"}
-    keys = [resume_key(SENDER, f"f{i}", 1, 0) for i in range(2)]
-    for i, (key, describes) in enumerate(zip(keys, [honest, mallory], strict=True)):
-        partial = folder.open_partial(key, describes, 1)
-        partial.file.close()
-        for path in (partial.path, partial.sidecar):
-            os.utime(path, (1000 + i, 1000 + i))
+    keys = aged_partials(folder, [honest, mallory])
     newest = folder.open_partial(resume_key(SENDER, "new", 1, 0), mallory, 1)
     # one each among the candidates, but Mallory keeps two with the newest
     assert folder.keep(newest, frozenset(), limit=2) == 1
-    left = {p.name for p in tmp_path.iterdir()}
-    assert [key for key in keys if f".{key}{PART_SUFFIX}" in left] == [keys[0]]
+    assert still_kept(folder, keys) == [keys[0]]

@@ -14,9 +14,11 @@ import pytest
 import trio
 
 from trio_p2p import (
+    Config,
     HandshakeError,
     Identity,
     IdentityInUseError,
+    Messenger,
     PeerConnected,
     PeerDisconnected,
     open_messenger,
@@ -452,6 +454,15 @@ async def test_a_second_key_under_a_name_in_use_is_flagged_every_time(
                 await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
 
 
+async def meet(hub: Messenger, name: str, config: Config) -> bool:
+    """A node called *name* connects to *hub* and leaves; return whether *hub* flagged it."""
+    async with open_messenger(name, config) as node:
+        await node.connect_to_peer(("127.0.0.1", hub.tcp_port))
+        met = await wait_for(hub, PeerConnected, peer=node.peer_id)
+    await wait_for(hub, PeerDisconnected, peer=node.peer_id)
+    return met.peer.new_key
+
+
 async def test_a_node_that_renames_and_comes_back_keeps_its_claim_on_the_name(
     make_config: ConfigFactory,
 ) -> None:
@@ -463,13 +474,7 @@ async def test_a_node_that_renames_and_comes_back_keeps_its_claim_on_the_name(
             mallory = Identity.generate()
             meetings = [("Alice", alice), ("Al", alice), ("Alice", mallory), ("Alice", alice)]
             meetings += [("Alice", mallory)]
-            flags = []
-            for name, identity in meetings:
-                async with open_messenger(name, make_config(identity=identity)) as node:
-                    await node.connect_to_peer(("127.0.0.1", bob.tcp_port))
-                    met = await wait_for(bob, PeerConnected, peer=identity.peer_id)
-                    flags.append(met.peer.new_key)
-                await wait_for(bob, PeerDisconnected, peer=identity.peer_id)
+            flags = [await meet(bob, name, make_config(identity=i)) for name, i in meetings]
             assert flags == [False, False, True, False, True]
 
 
@@ -485,15 +490,10 @@ async def test_a_name_taken_while_its_holder_was_connected_stays_flagged_after_i
             async with open_messenger("Alice", make_config()) as alice:
                 await alice.connect_to_peer(("127.0.0.1", bob.tcp_port))
                 await wait_for(bob, PeerConnected, peer=alice.peer_id)
-                for _ in range(2):
-                    async with open_messenger("Alice", make_config(identity=mallory)) as fake:
-                        await fake.connect_to_peer(("127.0.0.1", bob.tcp_port))
-                        met = await wait_for(bob, PeerConnected, peer=mallory.peer_id)
-                        flags.append(met.peer.new_key)
-                    await wait_for(bob, PeerDisconnected, peer=mallory.peer_id)
-                    if not flags[1:]:
-                        await alice.disconnect_peer(bob.peer_id)  # (Alice leaves)
-                        await wait_for(bob, PeerDisconnected, peer=alice.peer_id)
+                flags.append(await meet(bob, "Alice", make_config(identity=mallory)))
+                await alice.disconnect_peer(bob.peer_id)  # (Alice leaves)
+                await wait_for(bob, PeerDisconnected, peer=alice.peer_id)
+            flags.append(await meet(bob, "Alice", make_config(identity=mallory)))
             assert flags == [True, True]
 
 
@@ -507,20 +507,11 @@ async def test_a_name_given_up_is_flagged_once_for_the_next_key_that_takes_it(
         async with open_messenger("Dave", make_config()) as dave:
             bob = Identity.generate()
             carol = Identity.generate()
-            async with open_messenger("pi", make_config(identity=bob)) as node:
-                await node.connect_to_peer(("127.0.0.1", dave.tcp_port))
-                await wait_for(dave, PeerConnected, peer=bob.peer_id)
-            await wait_for(dave, PeerDisconnected, peer=bob.peer_id)
-            flags = []
+            assert not await meet(dave, "pi", make_config(identity=bob))
             async with open_messenger("bob", make_config(identity=bob)) as node:
                 await node.connect_to_peer(("127.0.0.1", dave.tcp_port))
                 await wait_for(dave, PeerConnected, peer=bob.peer_id)
-                for _ in range(2):
-                    async with open_messenger("pi", make_config(identity=carol)) as other:
-                        await other.connect_to_peer(("127.0.0.1", dave.tcp_port))
-                        met = await wait_for(dave, PeerConnected, peer=carol.peer_id)
-                        flags.append(met.peer.new_key)
-                    await wait_for(dave, PeerDisconnected, peer=carol.peer_id)
+                flags = [await meet(dave, "pi", make_config(identity=carol)) for _ in range(2)]
             assert flags == [True, False]
 
 
